@@ -1,0 +1,267 @@
+"""Pure command builders: (RunConfig, facts) -> the argv/env/cwd of every remote step.
+
+Nothing here touches the network. The DAG's operators and `python -m slimeflow plan` call the
+same functions, so what `plan` prints is what runs.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shlex
+from dataclasses import asdict, dataclass, field
+
+from slimeflow.config import RunConfig
+from slimeflow.recipes import ARG_GROUPS, include_dir
+
+RAY_DASHBOARD = "http://127.0.0.1:8265"
+# Ray's default grace between SIGTERM and SIGKILL for a stopped job is 3 s, shorter than an 80B
+# checkpoint save; give the trainer time to finish writing before it is killed.
+RAY_JOB_STOP_WAIT_TIME_S = "600"
+SECRET_ENV = ("HF_TOKEN", "WANDB_API_KEY")
+
+
+@dataclass
+class Step:
+    node: str
+    argv: list
+    env: dict = field(default_factory=dict)
+    cwd: str | None = None
+    runtime_env: dict | None = None
+
+    def public(self) -> dict:
+        """The step as `plan` shows it and logs print it: secrets masked."""
+        d = asdict(self)
+        d["env"] = {k: ("***" if k in SECRET_ENV else val) for k, val in self.env.items()}
+        if d["runtime_env"] is None:
+            del d["runtime_env"]
+        return d
+
+
+# --- node scripts ---------------------------------------------------------------------------
+
+def node_bundle_digest() -> str:
+    """Content hash of include/node/: the remote folder name, so changed scripts re-upload."""
+    h = hashlib.sha256()
+    root = include_dir() / "node"
+    for path in sorted(root.glob("*.py")):
+        h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()[:12]
+
+
+def node_dir(cfg: RunConfig) -> str:
+    return f"{cfg.paths.state_dir}/node/{node_bundle_digest()}"
+
+
+def node_script(cfg: RunConfig, node: str, script: str, *args, env=None, cwd=None) -> Step:
+    return Step(node=node, argv=["python3", f"{node_dir(cfg)}/{script}", *args],
+                env=dict(env or {}), cwd=cwd)
+
+
+def hub_env(cfg: RunConfig) -> dict:
+    env = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_XET_HIGH_PERFORMANCE": "1"}
+    if cfg.source.hf_endpoint:
+        env["HF_ENDPOINT"] = cfg.source.hf_endpoint
+    return env
+
+
+def hub_repos(cfg: RunConfig) -> list:
+    """(repo_type, repo, revision, local dir) of everything the run downloads."""
+    repos = [("model", cfg.source.hf_repo, cfg.source.hf_revision, cfg.paths.hf_checkpoint)]
+    repos += [("dataset", d.repo, "main", cfg.paths.dataset_dir(d.local_name))
+              for d in cfg.recipe.datasets]
+    return repos
+
+
+def preflight(cfg: RunConfig, node: str) -> Step:
+    args = ["--base-folder", cfg.paths.base_folder, "--slime-dir", cfg.paths.slime_dir,
+            "--megatron-dir", cfg.paths.megatron_dir]
+    if node == cfg.cluster.head:
+        for kind, repo, rev, _ in hub_repos(cfg):
+            args += ["--hub-repo", f"{kind}:{repo}@{rev}"]
+    return node_script(cfg, node, "probe.py", *args, env=hub_env(cfg))
+
+
+# --- download -------------------------------------------------------------------------------
+
+def hf_download(cfg: RunConfig, node: str, kind: str, repo: str, revision: str,
+                local_dir: str) -> Step:
+    argv = ["hf", "download", repo, "--local-dir", local_dir, "--revision", revision]
+    if kind == "dataset":
+        argv += ["--repo-type", "dataset"]
+    return Step(node=node, argv=argv, env=hub_env(cfg), cwd=cfg.paths.base_folder)
+
+
+def hf_verify(cfg: RunConfig, node: str, local_dir: str, fix: bool = False) -> Step:
+    args = ["--local-dir", local_dir] + (["--fix"] if fix else [])
+    return node_script(cfg, node, "hfverify.py", *args)
+
+
+def download_nodes(cfg: RunConfig, storage_shared: bool) -> tuple:
+    return (cfg.cluster.head,) if storage_shared else cfg.cluster.nodes
+
+
+# --- fla patch ------------------------------------------------------------------------------
+
+PATCH_NAME = "fla-wy-fast-sm100.patch"
+
+
+def patch_fla(cfg: RunConfig, node: str) -> Step:
+    return node_script(cfg, node, "flapatch.py", "--patch", f"{node_dir(cfg)}/{PATCH_NAME}",
+                       "--apply")
+
+
+def should_patch_fla(probes: list) -> bool:
+    """The seed's rule: patch iff compute capability major == 10 and the line is still there."""
+    def major(p):
+        caps = [g.get("compute_cap") for g in p.get("gpus") or []]
+        return {int(str(c).split(".")[0]) for c in caps if c}
+    return any(10 in major(p) and (p.get("packages", {}).get("fla", {}).get("wy_fast")
+                                  == "unpatched") for p in probes)
+
+
+# --- convert --------------------------------------------------------------------------------
+
+def _template_context(cfg: RunConfig, facts: dict) -> dict:
+    num_layers = int(cfg.recipe.model_flag("--num-layers") or 0)
+    nvls = cfg.train.nccl_nvls
+    if nvls == "auto":
+        nvls = "1" if facts.get("nvlink", True) else "0"
+    return {
+        "base": cfg.paths.base_folder, "hf_checkpoint": cfg.paths.hf_checkpoint,
+        "torch_dist": cfg.paths.torch_dist, "save_dir": cfg.paths.save_dir,
+        "megatron_dir": cfg.paths.megatron_dir, "slime_dir": cfg.paths.slime_dir,
+        "num_rollout": cfg.train.num_rollout, "save_interval": cfg.train.save_interval,
+        "nodes": len(cfg.cluster.nodes), "gpus_per_node": cfg.cluster.gpus_per_node,
+        "cp": cfg.train.cp_size, "master_addr": cfg.cluster.master_addr,
+        "socket_ifname": cfg.cluster.socket_ifname, "nccl_nvls": nvls,
+        "moe_layer_freq": "[" + ",".join(["1"] * num_layers) + "]",
+    }
+
+
+def _expand(template: str, ctx: dict) -> list:
+    # Split first, substitute second: a substituted value can never become two arguments.
+    return [tok.format_map(ctx) for tok in shlex.split(template, comments=True)]
+
+
+def model_args(cfg: RunConfig, facts: dict | None = None) -> list:
+    return _expand(cfg.recipe.args["model_args"], _template_context(cfg, facts or {}))
+
+
+def convert(cfg: RunConfig, facts: dict | None = None) -> Step:
+    argv = ["torchrun", "--nproc-per-node", str(cfg.cluster.gpus_per_node),
+            "tools/convert_hf_to_torch_dist.py", *model_args(cfg, facts),
+            "--hf-checkpoint", cfg.paths.hf_checkpoint + "/", "--save", cfg.paths.torch_dist + "/"]
+    return Step(node=cfg.cluster.head, argv=argv, cwd=cfg.paths.slime_dir,
+                env={"PYTHONPATH": cfg.paths.megatron_dir + "/"})
+
+
+def convert_manifest(cfg: RunConfig, hf_commit: str, facts: dict | None = None) -> dict:
+    """What a torch_dist output was made from; a mismatch means it must be made again."""
+    return {"recipe": cfg.recipe.name, "hf_repo": cfg.source.hf_repo, "hf_commit": hf_commit,
+            "model_args": model_args(cfg, facts)}
+
+
+# --- train ----------------------------------------------------------------------------------
+
+def train_args(cfg: RunConfig, facts: dict | None = None) -> list:
+    """The train.py argument list, in the seed scripts' group order."""
+    ctx = _template_context(cfg, facts or {})
+    layout = cfg.layout
+    args = _expand(layout.args.get("actor_args", ""), ctx)
+    for group in ARG_GROUPS:
+        template = layout.args[group] if group in layout.args else cfg.recipe.args[group]
+        args += _expand(template or "", ctx)
+    if cfg.train.grad_reduce_in_bf16:
+        # the seed's advice when GPU memory runs out, applied where the seed comments it in
+        args = ["--grad-reduce-in-bf16" if a == "--accumulate-allreduce-grads-in-fp32" else a
+                for a in args]
+    return args + list(cfg.train.extra_train_args)
+
+
+def runtime_env(cfg: RunConfig, facts: dict | None = None) -> dict:
+    ctx = _template_context(cfg, facts or {})
+    env = {k: str(val).format_map(ctx) for k, val in cfg.layout.runtime_env.items()}
+    if len(cfg.cluster.nodes) > 1:
+        for k, val in cfg.layout.multi_node_runtime_env.items():
+            env.setdefault(k, str(val).format_map(ctx))
+    return {"env_vars": env}
+
+
+def submission_id(dag_id: str, run_id: str) -> str:
+    """One Ray job per DAG run: retries and re-runs find the same id instead of submitting again."""
+    slug = re.sub(r"[^A-Za-z0-9_-]+", "-", run_id).strip("-")[:60]
+    digest = hashlib.sha256(f"{dag_id}\0{run_id}".encode()).hexdigest()[:8]
+    return f"slimeflow-{dag_id}-{slug}-{digest}"
+
+
+def _ray_env(cfg: RunConfig) -> dict:
+    return {"PYTHONUNBUFFERED": "1", "no_proxy": f"127.0.0.1,{cfg.cluster.master_addr}",
+            "RAY_JOB_STOP_WAIT_TIME_S": RAY_JOB_STOP_WAIT_TIME_S}
+
+
+def ray_start_head(cfg: RunConfig) -> Step:
+    argv = ["ray", "start", "--head", "--node-ip-address", cfg.cluster.master_addr,
+            "--num-gpus", str(cfg.cluster.gpus_per_node), "--disable-usage-stats",
+            "--dashboard-host=0.0.0.0", "--dashboard-port=8265"]
+    return Step(node=cfg.cluster.head, argv=argv, env=_ray_env(cfg), cwd=cfg.paths.slime_dir)
+
+
+def ray_start_worker(cfg: RunConfig, node: str) -> Step:
+    host = cfg.cluster.hosts[cfg.cluster.nodes.index(node)]
+    argv = ["ray", "start", f"--address={cfg.cluster.master_addr}:6379",
+            "--num-gpus", str(cfg.cluster.gpus_per_node), "--node-ip-address", host,
+            "--disable-usage-stats"]
+    return Step(node=node, argv=argv, env=_ray_env(cfg), cwd=cfg.paths.slime_dir)
+
+
+def ray_job_submit(cfg: RunConfig, sub_id: str, facts: dict | None = None,
+                   secret_env_names=()) -> Step:
+    renv = runtime_env(cfg, facts)
+    entry = ["python3", "train.py", *train_args(cfg, facts)]
+    # Ray joins the entrypoint into one shell line on the head; quote each token so that what
+    # train.py receives is exactly `entry`.
+    argv = ["ray", "job", "submit", f"--address={RAY_DASHBOARD}",
+            f"--runtime-env-json={json.dumps(renv)}", "--submission-id", sub_id, "--no-wait",
+            "--", *[shlex.quote(t) for t in entry]]
+    return Step(node=cfg.cluster.head, argv=argv, cwd=cfg.paths.slime_dir, runtime_env=renv,
+                env={"PYTHONUNBUFFERED": "1"})
+
+
+def ray_job_cmd(cfg: RunConfig, verb: str, sub_id: str) -> Step:
+    return Step(node=cfg.cluster.head,
+                argv=["ray", "job", verb, f"--address={RAY_DASHBOARD}", sub_id],
+                env={"RAY_JOB_STOP_WAIT_TIME_S": RAY_JOB_STOP_WAIT_TIME_S},
+                cwd=cfg.paths.slime_dir)
+
+
+def ray_stop(cfg: RunConfig, node: str) -> Step:
+    return Step(node=node, argv=["ray", "stop"], cwd=cfg.paths.slime_dir)
+
+
+def job_log_path(sub_id: str, ray_tmpdir: str = "/tmp/ray") -> str:
+    return f"{ray_tmpdir}/session_latest/logs/job-driver-{sub_id}.log"
+
+
+# --- the whole plan -------------------------------------------------------------------------
+
+def plan(cfg: RunConfig, facts: dict | None = None, dag_id: str | None = None,
+         run_id: str = "manual__plan") -> dict:
+    facts = facts or {}
+    shared = facts.get("storage_shared", len(cfg.cluster.nodes) == 1)
+    dl_nodes = download_nodes(cfg, shared)
+    sub_id = submission_id(dag_id or cfg.recipe.dag_id, run_id)
+    repos = hub_repos(cfg)
+    steps = {
+        "preflight": [preflight(cfg, n) for n in cfg.cluster.nodes],
+        "download_model": [hf_download(cfg, n, *repos[0]) for n in dl_nodes],
+        "download_datasets": [hf_download(cfg, n, *r) for r in repos[1:] for n in dl_nodes],
+        "patch_fla": [patch_fla(cfg, n) for n in cfg.cluster.nodes],
+        "convert": [convert(cfg, facts)],
+        "train": [ray_start_head(cfg)] + [ray_start_worker(cfg, n) for n in cfg.cluster.workers]
+                 + [ray_job_submit(cfg, sub_id, facts)],
+        "teardown": [ray_job_cmd(cfg, "stop", sub_id)] + [ray_stop(cfg, n)
+                                                           for n in cfg.cluster.nodes],
+    }
+    return {"recipe": cfg.recipe.name, "layout": cfg.layout.name,
+            "steps": {task: [s.public() for s in ss] for task, ss in steps.items()}}
