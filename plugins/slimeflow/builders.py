@@ -43,8 +43,8 @@ class Step:
 def node_bundle_digest() -> str:
     """Content hash of include/node/: the remote folder name, so changed scripts re-upload."""
     h = hashlib.sha256()
-    root = include_dir() / "node"
-    for path in sorted(root.glob("*.py")):
+    inc = include_dir()
+    for path in sorted(inc.glob("node/*.py")) + sorted(inc.glob("patches/*.patch")):
         h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
     return h.hexdigest()[:12]
 

@@ -73,6 +73,7 @@ class Recipe:
     layouts: tuple
     expected_hours: float
     stall_timeout_minutes: int
+    needs: tuple = ()
 
     def layout_for(self, nodes: int) -> Layout:
         for layout in self.layouts:
@@ -113,6 +114,7 @@ def parse_recipe(raw: dict) -> Recipe:
         layouts=tuple(_layout(l) for l in raw["layouts"]),
         expected_hours=float(raw.get("expected_hours", 72)),
         stall_timeout_minutes=int(raw.get("stall_timeout_minutes", 120)),
+        needs=tuple(raw.get("needs") or ()),
     )
 
 

@@ -1,0 +1,189 @@
+"""Judge the preflight probes of all nodes together. Pure: probes in, facts or problems out.
+
+Every problem is one sentence that names the node and the fix, because it is what on-call reads.
+"""
+from __future__ import annotations
+
+from slimeflow.config import RunConfig
+
+GB = 1e9
+# Bytes per parameter of a slime training checkpoint with optimizer state (SLIME_FACTS: 12-14).
+CKPT_BYTES_PER_PARAM = 13
+# fp32 master weights plus two Adam moments live in host RAM with --optimizer-cpu-offload.
+OFFLOAD_RAM_BYTES_PER_PARAM = 12
+# Oldest driver branch that supports each compute capability major (CUDA 12 on Hopper, 12.8 on
+# Blackwell).
+MIN_DRIVER = {9: (525, 60), 10: (570, 0), 12: (570, 0)}
+BASE_PACKAGES = ("slime", "megatron", "ray", "sglang")
+
+
+class ClusterError(RuntimeError):
+    pass
+
+
+def _driver_tuple(text):
+    try:
+        parts = [int(x) for x in str(text).split(".")[:2]]
+        return tuple(parts + [0] * (2 - len(parts)))
+    except ValueError:
+        return None
+
+
+def _cc_major(gpu, probe):
+    cc = gpu.get("compute_cap")
+    if cc:
+        return int(str(cc).split(".")[0])
+    caps = (probe.get("torch") or {}).get("capabilities") or []
+    idx = gpu.get("index", 0)
+    if isinstance(idx, int) and idx < len(caps):
+        return int(caps[idx][0])
+    return None
+
+
+def model_bytes(cfg: RunConfig, head_probe: dict) -> tuple:
+    """(model bytes, dataset bytes, source): the hub's answer, else the recipe's estimate."""
+    hub = {(h.get("type"), h.get("repo")): h for h in head_probe.get("hub") or []}
+    m = hub.get(("model", cfg.source.hf_repo), {})
+    if m.get("bytes"):
+        data = sum((hub.get(("dataset", d.repo)) or {}).get("bytes") or 0
+                   for d in cfg.recipe.datasets)
+        return int(m["bytes"]), int(data), "hub"
+    return int(cfg.recipe.hf_checkpoint_gb * GB), 0, "recipe estimate"
+
+
+def disk_needed(cfg: RunConfig, head_probe: dict, present: dict) -> dict:
+    model, data, source = model_bytes(cfg, head_probe)
+    params = model / 2  # bf16 weights
+    need = {
+        "hf_checkpoint": max(0, model - present.get("hf_checkpoint", 0)),
+        "datasets": max(0, data - present.get("datasets", 0)),
+        "torch_dist": max(0, model - present.get("torch_dist", 0)),
+        "checkpoint": params * CKPT_BYTES_PER_PARAM,
+    }
+    need["total"] = sum(need.values())
+    need["source"] = source
+    need["params"] = params
+    return need
+
+
+def judge(cfg: RunConfig, probes: dict, storage_shared, present: dict | None = None) -> dict:
+    """probes: {node: probe json}. Returns facts for later steps or raises ClusterError."""
+    problems = []
+    nodes = list(cfg.cluster.nodes)
+    head = cfg.cluster.head
+    ref_name = None
+    cc_majors = set()
+    for node in nodes:
+        p = probes[node]
+        gpus = p.get("gpus") or []
+        if p.get("gpu_error") or not gpus:
+            problems.append(f"node {node} has no usable GPU ({p.get('gpu_error') or 'nvidia-smi '
+                            f'lists none'}); install or repair the NVIDIA driver there, or remove '
+                            f'{node} from `nodes`.")
+            continue
+        if len(gpus) != cfg.cluster.gpus_per_node:
+            problems.append(f"node {node} has {len(gpus)} GPUs but gpus_per_node is "
+                            f"{cfg.cluster.gpus_per_node}; set gpus_per_node to match the nodes "
+                            f"or fix the node (a GPU may have fallen off the bus).")
+        names = {g.get("name") for g in gpus}
+        if len(names) > 1:
+            problems.append(f"node {node} mixes GPU models ({', '.join(sorted(map(str, names)))}); "
+                            f"slime needs identical GPUs: use a homogeneous node.")
+        name = gpus[0].get("name")
+        if ref_name is None:
+            ref_name = (node, name)
+        elif name != ref_name[1]:
+            problems.append(f"node {node} has {name} GPUs but {ref_name[0]} has {ref_name[1]}; "
+                            f"every node must have the same GPU model: remove {node} from "
+                            f"`nodes` or replace it.")
+        for g in gpus:
+            major = _cc_major(g, p)
+            if major is None:
+                problems.append(f"node {node} reports no compute capability for GPU "
+                                f"{g.get('index')} (driver {g.get('driver')}) and torch could "
+                                f"not tell either; upgrade the NVIDIA driver.")
+                break
+            cc_majors.add(major)
+            drv, need = _driver_tuple(g.get("driver")), MIN_DRIVER.get(major)
+            if drv and need and drv < need:
+                problems.append(f"node {node} runs NVIDIA driver {g.get('driver')}, too old for "
+                                f"compute capability {g.get('compute_cap') or major} (needs "
+                                f"{need[0]}.{need[1]:02d} or newer); upgrade the driver.")
+                break
+        procs = p.get("gpu_processes") or []
+        if procs:
+            desc = ", ".join(f"pid {q.get('pid')} {q.get('name')} using {q.get('used_mib')} MiB"
+                             for q in procs[:3])
+            problems.append(f"node {node} already runs GPU processes this run did not start "
+                            f"({desc}); stop them or choose another node; slimeflow never kills "
+                            f"what it did not start.")
+    for node in nodes:
+        p = probes[node]
+        pk = p.get("packages") or {}
+        for name in BASE_PACKAGES + tuple(cfg.recipe.needs):
+            if not (pk.get(name) or {}).get("present"):
+                where = {"slime": cfg.paths.slime_dir, "megatron": cfg.paths.megatron_dir}
+                hint = (f" (looked in {where[name]}; set `{name if name == 'slime' else 'megatron'}"
+                        f"_dir`)" if name in where else "")
+                problems.append(f"node {node} is missing {name}{hint}; install it as in the "
+                                f"slime image (slimerl/slime) or fix the path.")
+        torch = p.get("torch") or {}
+        if not torch.get("version"):
+            problems.append(f"node {node} has no importable torch in python3 "
+                            f"({torch.get('error') or 'not installed'}); use the slime image's "
+                            f"Python.")
+        if not (p.get("hf_cli") or {}).get("present") and (node == head or not storage_shared):
+            problems.append(f"node {node} has no `hf` CLI on PATH; install huggingface_hub>=1.0 "
+                            f"(`pip install -U huggingface_hub`) in the node's Python.")
+        disk = p.get("disk") or {}
+        if not disk.get("writable"):
+            problems.append(f"node {node} cannot write base_folder {cfg.paths.base_folder}; "
+                            f"create it and make it writable by the SSH user, or choose another "
+                            f"base_folder.")
+    hp = probes[head]
+    busy = [port for port, used in (hp.get("ports") or {}).items() if used]
+    if busy:
+        problems.append(f"node {head} already has something listening on port(s) "
+                        f"{', '.join(busy)} (another Ray cluster?); stop it (`ray stop` if it is "
+                        f"left over from an earlier run) before starting this run.")
+    if len(nodes) > 1 and storage_shared is not True:
+        missing = storage_shared if isinstance(storage_shared, list) else nodes[1:]
+        for node in missing:
+            problems.append(f"node {node} cannot see the marker the head wrote under "
+                            f"{cfg.paths.state_dir}; multi-node training needs base_folder on "
+                            f"storage shared by every node (NFS, Lustre, ...): mount it there or "
+                            f"train on one node.")
+    need = disk_needed(cfg, hp, present or {})
+    disk_nodes = [head] if storage_shared is True or len(nodes) == 1 else nodes
+    for node in disk_nodes:
+        free = (probes[node].get("disk") or {}).get("free_bytes")
+        if free is not None and free < need["total"]:
+            problems.append(
+                f"node {node} has {free / GB:.1f} GB free at {cfg.paths.base_folder} but this run "
+                f"needs about {need['total'] / GB:.1f} GB (HF checkpoint "
+                f"{need['hf_checkpoint'] / GB:.1f} + datasets {need['datasets'] / GB:.1f} + "
+                f"torch_dist {need['torch_dist'] / GB:.1f} + one training checkpoint "
+                f"{need['checkpoint'] / GB:.1f}, sizes from the {need['source']}); free space or "
+                f"choose a base_folder on a larger volume.")
+    if "--optimizer-cpu-offload" in cfg.recipe.args.get("optimizer_args", ""):
+        ram_need = need["params"] * OFFLOAD_RAM_BYTES_PER_PARAM / len(nodes)
+        for node in nodes:
+            total = (probes[node].get("ram") or {}).get("total_bytes")
+            if total is not None and total < ram_need:
+                problems.append(
+                    f"node {node} has {total / GB:.0f} GB of RAM but the CPU-offloaded optimizer "
+                    f"needs about {ram_need / GB:.0f} GB per node for this model (slime#1851); "
+                    f"use nodes with more RAM or more nodes.")
+    if problems:
+        raise ClusterError(" ".join(problems))
+    fla = {n: ((probes[n].get("packages") or {}).get("fla") or {}).get("wy_fast") for n in nodes}
+    return {
+        "gpu_name": ref_name[1] if ref_name else None,
+        "cc_major": max(cc_majors) if cc_majors else None,
+        "blackwell": 10 in cc_majors,
+        "nvlink": all(probes[n].get("nvlink") for n in nodes),
+        "storage_shared": bool(storage_shared) or len(nodes) == 1,
+        "fla_wy_fast": fla,
+        "disk_needed_bytes": int(need["total"]),
+        "model_bytes_source": need["source"],
+    }

@@ -1,0 +1,85 @@
+"""What every slimeflow operator shares: the run config, node hooks, parallel fan-out."""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+from airflow.sdk import BaseOperator
+
+from slimeflow.config import RunConfig
+
+
+def resolve_hosts(nodes) -> list:
+    from airflow.sdk import BaseHook
+
+    return [BaseHook.get_connection(n).host for n in nodes]
+
+
+class SlimeOperator(BaseOperator):
+    """Base for the pipeline's operators. Subclasses implement `work(cfg, context)`."""
+
+    ui_color = "#e8f1fb"
+
+    def __init__(self, *, recipe: str, **kwargs):
+        super().__init__(**kwargs)
+        self.recipe = recipe
+        self._hooks = {}
+
+    # config and facts -------------------------------------------------------------------
+
+    def run_config(self, context) -> RunConfig:
+        params = dict(context["params"])
+        return RunConfig.from_params(self.recipe, params, hosts=resolve_hosts(params["nodes"]))
+
+    @staticmethod
+    def facts(context) -> dict:
+        return context["ti"].xcom_pull(task_ids="check_cluster") or {}
+
+    # nodes ------------------------------------------------------------------------------
+
+    def hook(self, node: str):
+        from slimeflow.hooks.node import NodeHook
+
+        if node not in self._hooks:
+            self._hooks[node] = NodeHook(ssh_conn_id=node)
+        return self._hooks[node]
+
+    def log_line(self, node: str, line: str):
+        self.log.info("[%s] %s", node, line)
+
+    def run_step(self, cfg, step, **kwargs):
+        from slimeflow import builders
+
+        self.log.info("[%s] $ %s%s", step.node, " ".join(step.argv[:12]),
+                      " ..." if len(step.argv) > 12 else "")
+        kwargs.setdefault("log", self.log_line)
+        return self.hook(step.node).run(step, builders.node_dir(cfg), **kwargs)
+
+    def run_json(self, cfg, step, **kwargs) -> dict:
+        kwargs.setdefault("log", None)
+        return self.run_step(cfg, step, **kwargs).last_json()
+
+    @staticmethod
+    def on_nodes(nodes, fn) -> dict:
+        """fn(node) on every node at once; results by node, first failure re-raised."""
+        nodes = list(nodes)
+        if len(nodes) == 1:
+            return {nodes[0]: fn(nodes[0])}
+        with ThreadPoolExecutor(max_workers=min(16, len(nodes))) as pool:
+            futures = {n: pool.submit(fn, n) for n in nodes}
+            return {n: f.result() for n, f in futures.items()}
+
+    def close_hooks(self):
+        for h in self._hooks.values():
+            if h.client:
+                h.client.close()
+        self._hooks.clear()
+
+    def execute(self, context):
+        cfg = self.run_config(context)
+        try:
+            return self.work(cfg, context)
+        finally:
+            self.close_hooks()
+
+    def work(self, cfg: RunConfig, context):  # pragma: no cover - abstract
+        raise NotImplementedError

@@ -1,0 +1,92 @@
+"""The trigger form: one Param per setting, each with a JSON schema and a description.
+
+A deployment sets defaults (used by scheduled runs and pre-filled in the form) with environment
+variables `SLIMEFLOW_DEFAULT_<NAME>`, e.g. SLIMEFLOW_DEFAULT_NODES='["gpu0","gpu1"]'.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+from slimeflow.recipes import Recipe
+
+PATH_SCHEMA = {"type": "string", "minLength": 2, "maxLength": 1024, "pattern": r"^/[A-Za-z0-9._/+@=,-]*$"}
+
+
+def _default(name: str, fallback):
+    raw = os.environ.get(f"SLIMEFLOW_DEFAULT_{name.upper()}")
+    if raw is None:
+        return fallback
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
+
+
+def param_specs(recipe: Recipe) -> dict:
+    """name -> (default, schema, title, description)."""
+    layouts = ", ".join(f"{l.name} ({l.nodes or str(l.min_nodes) + '+'} node(s), "
+                        f"{l.num_rollout} rollouts)" for l in recipe.layouts)
+    return {
+        "nodes": (["gpu_node_0"], {"type": "array", "minItems": 1, "maxItems": 64,
+                                   "items": {"type": "string", "pattern": r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,249}$"}},
+                  "Nodes", "SSH connection ids of the GPU nodes; the first is the head (Ray head, "
+                  "downloads, conversion). Add nodes under Admin > Connections (type ssh, with "
+                  f"host_key pinned). The node count picks the layout: {layouts}."),
+        "master_addr": ("", {"type": "string", "maxLength": 253},
+                        "Master address", "Address the other nodes reach the head at "
+                        "(MASTER_ADDR, Ray's --node-ip-address). Empty: the head connection's host."),
+        "socket_ifname": ("eth0", {"type": "string", "pattern": r"^[A-Za-z0-9_.:-]{1,15}$"},
+                          "Socket interface", "Network interface for GLOO/TP sockets on "
+                          "multi-node runs (GLOO_SOCKET_IFNAME, TP_SOCKET_IFNAME)."),
+        "base_folder": ("/root", PATH_SCHEMA, "Base folder", "Absolute folder on the nodes for "
+                        "the HF checkpoint, datasets, torch_dist and training checkpoints. Must "
+                        "be shared storage when there is more than one node."),
+        "slime_dir": ("/root/slime", PATH_SCHEMA, "slime folder",
+                      "Where slime is checked out on the nodes (cwd of conversion and training)."),
+        "megatron_dir": ("/root/Megatron-LM", PATH_SCHEMA, "Megatron-LM folder",
+                         "Megatron-LM checkout on the nodes (PYTHONPATH of the converter and job)."),
+        "hf_repo": (recipe.hf_repo, {"type": "string", "maxLength": 193},
+                    "Hugging Face repo", "Model repo to download; its config.json must match "
+                    "the recipe's model arguments."),
+        "hf_revision": ("main", {"type": "string", "maxLength": 200}, "Revision",
+                        "Branch, tag or commit sha of the model repo."),
+        "hf_endpoint": ("", {"type": "string", "maxLength": 300}, "Hub endpoint",
+                        "Optional Hugging Face mirror URL (HF_ENDPOINT). Empty: the nodes' own "
+                        "setting or huggingface.co."),
+        "gpus_per_node": (8, {"type": "integer", "minimum": 1, "maximum": 16}, "GPUs per node",
+                          "GPUs on every node; preflight checks every node has exactly this many."),
+        "grad_reduce_in_bf16": (False, {"type": "boolean"}, "Reduce grads in bf16",
+                                "The seed's out-of-memory advice: drop "
+                                "--accumulate-allreduce-grads-in-fp32 and add --grad-reduce-in-bf16."),
+        "num_rollout": (None, {"type": ["null", "integer"], "minimum": 1, "maximum": 10000000},
+                        "Rollouts (total)", "Total rollouts (slime's --num-rollout is a total, not "
+                        "an increment). Empty: the layout's default."),
+        "save_interval": (20, {"type": "integer", "minimum": 1, "maximum": 1000000},
+                          "Save interval", "Save a checkpoint every this many rollouts."),
+        "allow_blackwell_training": (False, {"type": "boolean"}, "Allow Blackwell training",
+                                     "slime's Megatron training does not support Blackwell "
+                                     "(B200/B300) yet; set to try anyway."),
+        "extra_train_args": ([], {"type": "array", "maxItems": 200,
+                                  "items": {"type": "string", "maxLength": 4096}},
+                             "Extra train.py args", "Appended to slime's train.py arguments: "
+                             "`--flag [value ...]` tokens only, e.g. [\"--lr\", \"2e-6\"]."),
+        "cp_size": (None, {"type": ["null", "integer"], "minimum": 1, "maximum": 64},
+                    "Context parallel size", "Multi-node layout only. Empty: the seed's 4, or "
+                    "the largest that fits the GPUs."),
+        "nccl_nvls": ("auto", {"type": "string", "enum": ["auto", "0", "1"]}, "NCCL NVLS",
+                      "NCCL_NVLS_ENABLE for the job; auto = on when nvidia-smi shows NVLink, as "
+                      "the seed does."),
+        "poll_interval": (15, {"type": "integer", "minimum": 1, "maximum": 600},
+                          "Poll interval (s)", "How often train checks the job and copies its "
+                          "log into the task log."),
+    }
+
+
+def build_params(recipe: Recipe) -> dict:
+    from airflow.sdk import Param
+
+    out = {}
+    for name, (default, schema, title, desc) in param_specs(recipe).items():
+        out[name] = Param(_default(name, default), title=title, description=desc, **schema)
+    return out
