@@ -1,0 +1,62 @@
+# slimeflow: `make demo` and `make test` work on a fresh Debian machine (they install what they
+# need); `make up` runs Airflow for real nodes.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STATE ?= $(CURDIR)/.state
+AIRFLOW_HOME ?= $(CURDIR)/.airflow
+PYTEST_ARGS ?=
+
+.PHONY: demo test test-unit test-integration up sim-up sim-down system-deps venv clean gpu-tests
+
+$(BIN)/.installed: requirements.txt requirements-dev.txt constraints.txt
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	set -o pipefail; $(BIN)/pip install -q --disable-pip-version-check -r requirements-dev.txt -c constraints.txt 2>&1 | { grep -v "is ignored: it is neither" || true; }
+	touch $@
+
+venv: $(BIN)/.installed
+
+# Debian's sshd runs the simulated nodes; git applies the fla patch.
+system-deps:
+	@if [ ! -x /usr/sbin/sshd ] || ! command -v git >/dev/null; then \
+	  echo "installing openssh-server and git (Debian packages)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server git >/dev/null; \
+	fi
+
+demo: venv system-deps
+	$(BIN)/python -m tests.simcluster.demo --state-dir $(STATE)/demo
+
+test: venv system-deps
+	@set -o pipefail; $(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
+
+test-unit: venv
+	$(BIN)/python -m pytest -q tests/unit
+
+# Run on a lent GPU machine (see docs/gpu-validation.md); CI skips these.
+gpu-tests:
+	python3 -m pytest -q -m gpu tests/gpu -p no:cacheprovider
+
+# Airflow for real nodes: scheduler, triggerer, dag-processor and API/UI on 127.0.0.1:8080.
+up: venv
+	mkdir -p $(AIRFLOW_HOME)
+	AIRFLOW_HOME=$(AIRFLOW_HOME) \
+	AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags \
+	AIRFLOW__CORE__PLUGINS_FOLDER=$(CURDIR)/plugins \
+	AIRFLOW__CORE__LOAD_EXAMPLES=False \
+	AIRFLOW__API__HOST=127.0.0.1 \
+	AIRFLOW__CORE__PARALLELISM=$${AIRFLOW__CORE__PARALLELISM:-4} \
+	PYTHONPATH=$(CURDIR)/plugins \
+	$(BIN)/airflow standalone
+
+sim-up: venv system-deps
+	$(BIN)/python -m tests.simcluster up --nodes $${NODES:-2} --gpu $${GPU:-H100} --gpus-per-node 8 --state-dir $(STATE)/sim
+
+sim-down:
+	$(BIN)/python -m tests.simcluster down --state-dir $(STATE)/sim
+
+clean:
+	-$(BIN)/python -m tests.simcluster down --state-dir $(STATE)/demo 2>/dev/null
+	-$(BIN)/python -m tests.simcluster down --state-dir $(STATE)/sim 2>/dev/null
+	rm -rf $(STATE) $(AIRFLOW_HOME)
