@@ -77,9 +77,9 @@ def judge(cfg: RunConfig, probes: dict, storage_shared, present: dict | None = N
         p = probes[node]
         gpus = p.get("gpus") or []
         if p.get("gpu_error") or not gpus:
-            problems.append(f"node {node} has no usable GPU ({p.get('gpu_error') or 'nvidia-smi '
-                            f'lists none'}); install or repair the NVIDIA driver there, or remove '
-                            f'{node} from `nodes`.")
+            why = p.get("gpu_error") or "nvidia-smi lists none"
+            problems.append(f"node {node} has no usable GPU ({why}); install or repair the "
+                            f"NVIDIA driver there, or remove {node} from `nodes`.")
             continue
         if len(gpus) != cfg.cluster.gpus_per_node:
             problems.append(f"node {node} has {len(gpus)} GPUs but gpus_per_node is "

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import posixpath
+import re
 import select
 import shlex
 import socket
@@ -17,6 +18,9 @@ from collections import deque
 from dataclasses import dataclass
 
 from airflow.providers.ssh.hooks.ssh import SSHHook
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
 class NodeError(RuntimeError):
@@ -106,7 +110,7 @@ class NodeHook(SSHHook):
             bufs[kind] += data
             *lines, bufs[kind] = bufs[kind].split(b"\n")
             for raw in lines:
-                line = raw.decode("utf-8", "replace").rstrip("\r")
+                line = _ANSI.sub("", raw.decode("utf-8", "replace")).rstrip("\r")
                 sink.append(line)
                 tail.append(line)
                 if log:
