@@ -10,7 +10,20 @@ from slimeflow import builders
 from slimeflow.operators.base import SlimeOperator
 from slimeflow.utils import logparse
 
-_STATUS = re.compile(r"Status for job '[^']+': (\w+)")
+# `ray job status` prints terminal states as sentences and the others as "Status for job".
+_STATUS = [(re.compile(r"Job '[^']+' succeeded"), "SUCCEEDED"),
+           (re.compile(r"Job '[^']+' was stopped"), "STOPPED"),
+           (re.compile(r"Job '[^']+' failed"), "FAILED")]
+_STATUS_LINE = re.compile(r"Status for job '[^']+': (\w+)")
+
+
+def parse_job_status(text: str):
+    """A Ray job state from `ray job status` output, None when it shows none."""
+    for rx, state in _STATUS:
+        if rx.search(text):
+            return state
+    m = _STATUS_LINE.search(text)
+    return m.group(1) if m else None
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 
 
@@ -73,9 +86,9 @@ class TrainOperator(SlimeOperator):
         """A Ray job state, None when the job does not exist, 'UNREACHABLE' with no cluster."""
         res = self.run_step(cfg, builders.ray_job_cmd(cfg, "status", sub_id), check=False,
                             log=None, timeout=120)
-        m = _STATUS.search(res.stdout + "\n" + res.stderr)
-        if m:
-            return m.group(1)
+        state = parse_job_status(res.stdout + "\n" + res.stderr)
+        if state:
+            return state
         text = (res.stdout + res.stderr).lower()
         if "does not exist" in text or "not found" in text or "no job" in text:
             return None
