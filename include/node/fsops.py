@@ -113,7 +113,8 @@ def cmd_job_log(a):
     """Read a job log from a byte offset; never more than max_bytes per call."""
     if a.ray_job:
         # where Ray writes a job driver's output on the head
-        a.path = os.path.join(os.environ.get("RAY_TMPDIR") or "/tmp/ray", "session_latest",
+        # Ray's temp root is ${RAY_TMPDIR:-/tmp}/ray
+        a.path = os.path.join(os.environ.get("RAY_TMPDIR") or "/tmp", "ray", "session_latest",
                               "logs", "job-driver-%s.log" % a.ray_job)
     try:
         size = os.path.getsize(a.path)

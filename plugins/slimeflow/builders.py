@@ -5,6 +5,7 @@ same functions, so what `plan` prints is what runs.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -40,13 +41,22 @@ class Step:
 
 # --- node scripts ---------------------------------------------------------------------------
 
-def node_bundle_digest() -> str:
-    """Content hash of include/node/: the remote folder name, so changed scripts re-upload."""
-    h = hashlib.sha256()
+@functools.lru_cache(maxsize=1)
+def node_bundle() -> tuple:
+    """(digest, ((name, bytes), ...)) of include/node/*.py and include/patches/*.patch, read once
+    per process so that the files uploaded are exactly the ones the digest names."""
     inc = include_dir()
-    for path in sorted(inc.glob("node/*.py")) + sorted(inc.glob("patches/*.patch")):
-        h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
-    return h.hexdigest()[:12]
+    files = tuple((p.name, p.read_bytes()) for p in
+                  sorted(inc.glob("node/*.py")) + sorted(inc.glob("patches/*.patch")))
+    h = hashlib.sha256()
+    for name, data in files:
+        h.update(name.encode() + b"\0" + data + b"\0")
+    return h.hexdigest()[:12], files
+
+
+def node_bundle_digest() -> str:
+    """The remote folder name: changed scripts land in a new folder, never over old ones."""
+    return node_bundle()[0]
 
 
 def node_dir(cfg: RunConfig) -> str:
@@ -59,7 +69,8 @@ def node_script(cfg: RunConfig, node: str, script: str, *args, env=None, cwd=Non
 
 
 def hub_env(cfg: RunConfig) -> dict:
-    env = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_XET_HIGH_PERFORMANCE": "1"}
+    env = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_HUB_DISABLE_UPDATE_CHECK": "1",
+           "HF_XET_HIGH_PERFORMANCE": "1"}
     if cfg.source.hf_endpoint:
         env["HF_ENDPOINT"] = cfg.source.hf_endpoint
     return env
@@ -238,9 +249,6 @@ def ray_job_cmd(cfg: RunConfig, verb: str, sub_id: str) -> Step:
 def ray_stop(cfg: RunConfig, node: str) -> Step:
     return Step(node=node, argv=["ray", "stop"], cwd=cfg.paths.slime_dir)
 
-
-def job_log_path(sub_id: str, ray_tmpdir: str = "/tmp/ray") -> str:
-    return f"{ray_tmpdir}/session_latest/logs/job-driver-{sub_id}.log"
 
 
 # --- the whole plan -------------------------------------------------------------------------

@@ -84,7 +84,8 @@ def build_dag(recipe_name: str):
 
         @task.branch(task_id="decide_patch")
         def decide_patch(ti=None):
-            return choose_patch_branch(ti.xcom_pull(task_ids="preflight"))
+            probes = ti.xcom_pull(task_ids="preflight")
+            return choose_patch_branch([probes] if isinstance(probes, dict) else list(probes))
 
         branch = decide_patch()
         patch = PatchFlaOperator(task_id="patch_fla", **common)

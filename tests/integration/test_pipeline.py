@@ -36,7 +36,7 @@ def sim(tmp_path):
     yield make
     for c in made:
         c.down()
-        assert procs_of(str(c.state_dir)) == [], "the simulated cluster left processes behind"
+        assert procs_of(str(c.dir)) == [], "the simulated cluster left processes behind"
 
 
 def run(cluster, env, tmp_path, name, **conf):
@@ -140,7 +140,7 @@ def test_not_enough_disk_is_a_clear_preflight_failure(sim, tmp_path):
 
 def test_blackwell_patches_fla_and_refuses_training_unless_allowed(sim, tmp_path):
     cluster, env = sim(nodes=1, gpu="B200")
-    wy = next(Path(cluster.state_dir, "site").rglob("gated_delta_rule/wy_fast.py"))
+    wy = next(Path(cluster.dir, "site").rglob("gated_delta_rule/wy_fast.py"))
     assert "b_dk += tl.dot(tl.trans(b_dA), b_kb)" in wy.read_text()
     r = run(cluster, env, tmp_path, "b200")
     assert r["states"]["patch_fla"] == "success" and r["states"]["skip_patch_fla"] == "skipped"

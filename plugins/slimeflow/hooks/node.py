@@ -6,6 +6,7 @@ shell and secrets never enter argv), and line streaming with the node's name in 
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import posixpath
@@ -148,8 +149,9 @@ class NodeHook(SSHHook):
 
     # -- node scripts ---------------------------------------------------------------------
 
-    def upload_files(self, paths: list, remote_dir: str) -> bool:
-        """Upload files into the flat folder `remote_dir` (content-addressed by the caller).
+    def upload_files(self, files, remote_dir: str) -> bool:
+        """Upload (name, bytes) pairs into the flat folder `remote_dir` (content-addressed by
+        the caller).
         Returns False when it is already there. Written under a temporary name and renamed, so
         a half-uploaded folder is never used."""
         client = self.connect()
@@ -164,8 +166,8 @@ class NodeHook(SSHHook):
             self._makedirs(sftp, parent)
             tmp = f"{remote_dir}.tmp-{os.getpid()}-{int(time.time() * 1000)}"
             sftp.mkdir(tmp)
-            for path in paths:
-                sftp.put(path, posixpath.join(tmp, os.path.basename(path)))
+            for name, data in files:
+                sftp.putfo(io.BytesIO(data), posixpath.join(tmp, name))
             try:
                 sftp.rename(tmp, remote_dir)
             except OSError:

@@ -31,6 +31,14 @@ class SlimeOperator(BaseOperator):
         return RunConfig.from_params(self.recipe, params, hosts=resolve_hosts(params["nodes"]))
 
     @staticmethod
+    def probes(context) -> list:
+        """Every node's preflight JSON (a mapped task: one XCom per node)."""
+        got = context["ti"].xcom_pull(task_ids="preflight")
+        if isinstance(got, dict):  # a single mapped instance comes back unwrapped
+            return [got]
+        return [p for p in (got or []) if p]
+
+    @staticmethod
     def facts(context) -> dict:
         return context["ti"].xcom_pull(task_ids="check_cluster") or {}
 
@@ -46,8 +54,21 @@ class SlimeOperator(BaseOperator):
     def log_line(self, node: str, line: str):
         self.log.info("[%s] %s", node, line)
 
+    def ensure_bundle(self, cfg, node: str) -> bool:
+        """Make sure this task's node scripts are on the node. Every task checks (one SFTP
+        stat), so a deployment that changes include/ mid-run cannot leave a task without them."""
+        from slimeflow import builders
+
+        key = ("bundle", node)
+        if key not in self._hooks:
+            self._hooks[key] = self.hook(node).upload_files(builders.node_bundle()[1],
+                                                            builders.node_dir(cfg))
+        return self._hooks[key]
+
     def run_step(self, cfg, step, **kwargs):
         from slimeflow import builders
+
+        self.ensure_bundle(cfg, step.node)
 
         self.log.info("[%s] $ %s%s", step.node, " ".join(step.argv[:12]),
                       " ..." if len(step.argv) > 12 else "")
@@ -70,7 +91,7 @@ class SlimeOperator(BaseOperator):
 
     def close_hooks(self):
         for h in self._hooks.values():
-            if h.client:
+            if getattr(h, "client", None):
                 h.client.close()
         self._hooks.clear()
 

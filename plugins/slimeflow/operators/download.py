@@ -25,7 +25,7 @@ class DownloadOperator(SlimeOperator):
         facts = self.facts(context)
         repos = builders.hub_repos(cfg)
         repos = repos[:1] if self.what == "model" else repos[1:]
-        head_probe = next((p for p in context["ti"].xcom_pull(task_ids="preflight")
+        head_probe = next((p for p in self.probes(context)
                            if p.get("node") == cfg.cluster.head), {})
         hub_files = {(h["type"], h["repo"]): h.get("files") for h in head_probe.get("hub") or []}
         nodes = builders.download_nodes(cfg, facts.get("storage_shared", True))

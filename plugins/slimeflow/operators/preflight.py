@@ -5,13 +5,6 @@ import secrets
 
 from slimeflow import builders
 from slimeflow.operators.base import SlimeOperator
-from slimeflow.recipes import include_dir
-
-
-def bundle_files() -> list:
-    inc = include_dir()
-    return sorted(inc.glob("node/*.py")) + sorted(inc.glob("patches/*.patch"))
-
 
 class PreflightOperator(SlimeOperator):
     """Upload include/node (SFTP) and run the probe; XCom: the probe's JSON."""
@@ -21,8 +14,7 @@ class PreflightOperator(SlimeOperator):
         self.node = node
 
     def work(self, cfg, context):
-        hook = self.hook(self.node)
-        uploaded = hook.upload_files([str(p) for p in bundle_files()], builders.node_dir(cfg))
+        uploaded = self.ensure_bundle(cfg, self.node)
         self.log.info("[%s] node scripts %s at %s", self.node,
                       "uploaded" if uploaded else "already present", builders.node_dir(cfg))
         probe = self.run_json(cfg, builders.preflight(cfg, self.node), timeout=300)
@@ -42,7 +34,7 @@ class CheckClusterOperator(SlimeOperator):
     def work(self, cfg, context):
         from slimeflow.cluster import judge
 
-        probes = {p["node"]: p for p in context["ti"].xcom_pull(task_ids="preflight")}
+        probes = {p["node"]: p for p in self.probes(context)}
         missing = [n for n in cfg.cluster.nodes if n not in probes]
         if missing:
             raise RuntimeError(f"no preflight result for node(s) {', '.join(missing)}; clear "

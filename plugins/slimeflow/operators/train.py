@@ -135,6 +135,7 @@ class TrainOperator(SlimeOperator):
 
         step = builders.ray_job_submit(cfg, sub_id, facts)
         self.log.info("runtime env: %s", json.dumps(step.runtime_env))
+        self.log.info("entrypoint: python3 train.py %s", " ".join(builders.train_args(cfg, facts)))
         res = self.run_step(cfg, step, check=False, timeout=300)
         if res.rc != 0:
             raise TrainingFailed(f"`ray job submit` failed on node {cfg.cluster.head} (exit "
