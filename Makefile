@@ -8,7 +8,7 @@ STATE ?= $(CURDIR)/.state
 AIRFLOW_HOME ?= $(CURDIR)/.airflow
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-unit test-integration up sim-up sim-down system-deps venv clean gpu-tests
+.PHONY: demo test test-unit test-integration up sim-up sim-down system-deps venv clean gpu-tests bench bench-all
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -17,11 +17,12 @@ $(BIN)/.installed: requirements.txt requirements-dev.txt constraints.txt
 
 venv: $(BIN)/.installed
 
-# Debian's sshd runs the simulated nodes; git applies the fla patch.
+# Debian's sshd runs the simulated nodes; git applies the fla patch; chromium takes the e2e
+# screenshots.
 system-deps:
-	@if [ ! -x /usr/sbin/sshd ] || ! command -v git >/dev/null; then \
-	  echo "installing openssh-server and git (Debian packages)"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server git >/dev/null; \
+	@if [ ! -x /usr/sbin/sshd ] || ! command -v git >/dev/null || ! command -v chromium >/dev/null; then \
+	  echo "installing openssh-server, git and chromium (Debian packages)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server git chromium >/dev/null; \
 	fi
 
 demo: venv system-deps
@@ -55,6 +56,19 @@ sim-up: venv system-deps
 
 sim-down:
 	$(BIN)/python -m tests.simcluster down --state-dir $(STATE)/sim
+
+# Orchestration costs (docs/benchmarks.md). `bench`: the quick ones (about 3 min); `bench-all`:
+# every figure as documented (about 30 min on 2 cores).
+bench: venv system-deps
+	$(BIN)/python bench/parse_cost.py --runs 5
+	$(BIN)/python bench/verify_speed.py --runs 5 --gb 0.5
+
+bench-all: bench
+	$(BIN)/python bench/verify_speed.py --runs 5
+	$(BIN)/python bench/fanout.py --runs 5
+	$(BIN)/python bench/overhead.py --runs 5
+	$(BIN)/python bench/triggerer_cost.py --runs 50 --poll 15
+	$(BIN)/python bench/triggerer_cost.py --runs 50 --poll 5 --slice-s 10
 
 clean:
 	-$(BIN)/python -m tests.simcluster down --state-dir $(STATE)/demo 2>/dev/null

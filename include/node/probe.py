@@ -444,6 +444,8 @@ def collect_packages(args):
         path = os.path.join(os.path.abspath(args.slime_dir), "slime")
     version = dist_version(["slime"])
     pk["slime"] = _pkg(path or version, version, path, git_commit(args.slime_dir))
+    # the job runs `python3 train.py` (and the converter tools/...) with cwd = slime_dir
+    pk["slime"]["train_py"] = os.path.isfile(os.path.join(args.slime_dir, "train.py"))
 
     # megatron: used through PYTHONPATH=megatron_dir, so that copy wins when present.
     mdir = os.path.join(os.path.abspath(args.megatron_dir), "megatron")

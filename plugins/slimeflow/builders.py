@@ -211,11 +211,14 @@ def _ray_env(cfg: RunConfig) -> dict:
             "RAY_JOB_STOP_WAIT_TIME_S": RAY_JOB_STOP_WAIT_TIME_S}
 
 
-def ray_start_head(cfg: RunConfig) -> Step:
+def ray_start_head(cfg: RunConfig, secret_env: dict | None = None) -> Step:
+    """`secret_env` (secrets.ray_head_env(): WANDB_API_KEY) goes into the environment of the Ray
+    daemons, which every job inherits; never into runtime_env (that is `ray job submit` argv)."""
     argv = ["ray", "start", "--head", "--node-ip-address", cfg.cluster.master_addr,
             "--num-gpus", str(cfg.cluster.gpus_per_node), "--disable-usage-stats",
-            "--dashboard-host=0.0.0.0", "--dashboard-port=8265"]
-    return Step(node=cfg.cluster.head, argv=argv, env=_ray_env(cfg), cwd=cfg.paths.slime_dir)
+            f"--dashboard-host={cfg.cluster.dashboard_host}", "--dashboard-port=8265"]
+    return Step(node=cfg.cluster.head, argv=argv, env={**_ray_env(cfg), **(secret_env or {})},
+                cwd=cfg.paths.slime_dir)
 
 
 def ray_start_worker(cfg: RunConfig, node: str) -> Step:
@@ -226,6 +229,22 @@ def ray_start_worker(cfg: RunConfig, node: str) -> Step:
     return Step(node=node, argv=argv, env=_ray_env(cfg), cwd=cfg.paths.slime_dir)
 
 
+def _entry_token(tok: str) -> str:
+    """One entrypoint token, quoted for the head's /bin/sh.
+
+    `ray job submit` joins the tokens with subprocess.list2cmdline (Windows quoting): a token
+    holding whitespace or a double quote comes out wrapped in double quotes, inside which sh
+    still expands $(...) and backticks, so shlex.quote alone would not protect it. Validation
+    keeps such characters out of every param; this refuses them should a recipe ever hold one.
+    """
+    quoted = shlex.quote(tok)
+    if not tok or any(c in quoted for c in ' \t\n\r"\\\0'):
+        raise ValueError(f"train argument {tok[:60]!r} holds whitespace, a quote, a backslash "
+                         f"or NUL, which cannot pass through Ray's entrypoint line intact; remove "
+                         f"them.")
+    return quoted
+
+
 def ray_job_submit(cfg: RunConfig, sub_id: str, facts: dict | None = None,
                    secret_env_names=()) -> Step:
     renv = runtime_env(cfg, facts)
@@ -234,7 +253,7 @@ def ray_job_submit(cfg: RunConfig, sub_id: str, facts: dict | None = None,
     # train.py receives is exactly `entry`.
     argv = ["ray", "job", "submit", f"--address={RAY_DASHBOARD}",
             f"--runtime-env-json={json.dumps(renv)}", "--submission-id", sub_id, "--no-wait",
-            "--", *[shlex.quote(t) for t in entry]]
+            "--", *[_entry_token(t) for t in entry]]
     return Step(node=cfg.cluster.head, argv=argv, cwd=cfg.paths.slime_dir, runtime_env=renv,
                 env={"PYTHONUNBUFFERED": "1"})
 

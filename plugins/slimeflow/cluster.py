@@ -4,6 +4,8 @@ Every problem is one sentence that names the node and the fix, because it is wha
 """
 from __future__ import annotations
 
+import re
+
 from slimeflow.config import RunConfig
 
 GB = 1e9
@@ -15,6 +17,8 @@ OFFLOAD_RAM_BYTES_PER_PARAM = 12
 # Blackwell).
 MIN_DRIVER = {9: (525, 60), 10: (570, 0), 12: (570, 0)}
 BASE_PACKAGES = ("slime", "megatron", "ray", "sglang")
+# huggingface_hub 0.34 introduced the `hf` CLI (and `hf download`).
+MIN_HF_CLI = (0, 34)
 
 
 class ClusterError(RuntimeError):
@@ -27,6 +31,11 @@ def _driver_tuple(text):
         return tuple(parts + [0] * (2 - len(parts)))
     except ValueError:
         return None
+
+
+def _hf_version(text) -> tuple:
+    m = re.match(r"(\d+)\.(\d+)", str(text))
+    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
 
 
 def _cc_major(gpu, probe):
@@ -127,14 +136,30 @@ def judge(cfg: RunConfig, probes: dict, storage_shared, present: dict | None = N
                         f"_dir`)" if name in where else "")
                 problems.append(f"node {node} is missing {name}{hint}; install it as in the "
                                 f"slime image (slimerl/slime) or fix the path.")
+        slime = pk.get("slime") or {}
+        if slime.get("present") and slime.get("train_py") is False:
+            problems.append(f"node {node} has no train.py in slime_dir {cfg.paths.slime_dir}; set "
+                            f"`slime_dir` to the slime checkout (the folder holding train.py and "
+                            f"tools/).")
         torch = p.get("torch") or {}
         if not torch.get("version"):
             problems.append(f"node {node} has no importable torch in python3 "
                             f"({torch.get('error') or 'not installed'}); use the slime image's "
                             f"Python.")
-        if not (p.get("hf_cli") or {}).get("present") and (node == head or not storage_shared):
+        hf = p.get("hf_cli") or {}
+        if node != head and storage_shared:
+            pass  # only the head downloads
+        elif not hf.get("present"):
             problems.append(f"node {node} has no `hf` CLI on PATH; install huggingface_hub>=1.0 "
                             f"(`pip install -U huggingface_hub`) in the node's Python.")
+        elif not hf.get("version"):
+            problems.append(f"node {node} has an `hf` at {hf.get('path')} that does not run "
+                            f"(`hf --version` failed); reinstall huggingface_hub>=1.0 "
+                            f"(`pip install -U huggingface_hub`) in the node's Python.")
+        elif _hf_version(hf["version"]) < MIN_HF_CLI:
+            problems.append(f"node {node} has `hf` {hf['version']}, older than "
+                            f"{MIN_HF_CLI[0]}.{MIN_HF_CLI[1]} (the first with `hf download`); "
+                            f"upgrade it with `pip install -U huggingface_hub`.")
         disk = p.get("disk") or {}
         if not disk.get("writable"):
             problems.append(f"node {node} cannot write base_folder {cfg.paths.base_folder}; "

@@ -20,6 +20,8 @@ class ClusterConfig:
     master_addr: str
     socket_ifname: str
     gpus_per_node: int
+    # where Ray's dashboard (and with it the job-submission API) listens; docs/security.md
+    dashboard_host: str = "0.0.0.0"
 
     @property
     def head(self) -> str:
@@ -75,6 +77,11 @@ class TrainConfig:
     cp_size: int
     nccl_nvls: str        # "auto" (seed: on when NVLink is present), "0" or "1"
     poll_interval: int
+    # supervision (docs/supervision.md); seconds
+    unreachable_timeout_s: float = 600.0
+    stall_timeout_s: float = 7200.0
+    lease_wait_s: float = 600.0
+    lease_stale_s: float = 900.0
 
 
 @dataclass(frozen=True)
@@ -148,18 +155,23 @@ class RunConfig:
         if nvls not in ("auto", "0", "1"):
             raise v.ParamError(f"Param `nccl_nvls` must be auto, 0 or 1; got {nvls!r}.")
         endpoint = p.get("hf_endpoint") or ""
+        dash = p.get("ray_dashboard_host") or "0.0.0.0"
+        if dash not in ("0.0.0.0", "127.0.0.1"):
+            raise v.ParamError(f"Param `ray_dashboard_host` must be 0.0.0.0 (the seed: every "
+                               f"network) or 127.0.0.1 (the head only); got {v._show(dash)}.")
         return cls(
             recipe=recipe, layout=layout,
             cluster=ClusterConfig(
                 nodes=nodes, hosts=hosts, master_addr=master,
                 socket_ifname=v.check_ifname("socket_ifname", p.get("socket_ifname", "eth0")),
-                gpus_per_node=gpus),
+                gpus_per_node=gpus, dashboard_host=dash),
             paths=PathsConfig(
-                base_folder=v.check_path("base_folder", p.get("base_folder", "/root")),
+                base_folder=v.check_data_folder("base_folder", p.get("base_folder", "/root")),
                 slime_dir=v.check_path("slime_dir", p.get("slime_dir", "/root/slime")),
                 megatron_dir=v.check_path("megatron_dir", p.get("megatron_dir",
                                                                 "/root/Megatron-LM")),
-                local_name=_local_name(recipe, p.get("hf_repo") or recipe.hf_repo)),
+                local_name=_local_name(recipe, v.check_hf_repo(
+                    "hf_repo", p.get("hf_repo") or recipe.hf_repo))),
             source=SourceConfig(
                 hf_repo=v.check_hf_repo("hf_repo", p.get("hf_repo") or recipe.hf_repo),
                 hf_revision=v.check_revision("hf_revision", p.get("hf_revision") or "main"),
@@ -175,8 +187,27 @@ class RunConfig:
                 extra_train_args=v.check_extra_args("extra_train_args",
                                                     p.get("extra_train_args") or []),
                 cp_size=cp, nccl_nvls=nvls,
-                poll_interval=v.check_int("poll_interval", p.get("poll_interval", 15), 1, 600)),
+                poll_interval=v.check_int("poll_interval", p.get("poll_interval", 15), 1, 600),
+                unreachable_timeout_s=60 * _minutes("unreachable_timeout_minutes",
+                                                    p.get("unreachable_timeout_minutes"), 10),
+                stall_timeout_s=60 * _minutes("stall_timeout_minutes",
+                                              p.get("stall_timeout_minutes"),
+                                              recipe.stall_timeout_minutes),
+                lease_wait_s=60 * _minutes("lease_wait_minutes", p.get("lease_wait_minutes"),
+                                           10, lo=0.0),
+                lease_stale_s=60 * _minutes("lease_stale_minutes", p.get("lease_stale_minutes"),
+                                            15)),
         )
+
+
+def _minutes(field: str, value, default, lo: float = 0.01, hi: float = 100_000.0) -> float:
+    """A duration param in minutes (fractions allowed); None means the default."""
+    if value is None or value == "":
+        return float(default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
+        raise v.ParamError(f"Param `{field}` must be a number of minutes between {lo} and {hi}; "
+                           f"got {value!r}.")
+    return float(value)
 
 
 def _fit_cp(layout: Layout, world: int):

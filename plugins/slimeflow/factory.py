@@ -1,9 +1,9 @@
 """The one DAG factory: a recipe name in, the full pipeline DAG out."""
 from __future__ import annotations
 
-import os
 from datetime import datetime, timedelta
 
+from slimeflow import operations
 from slimeflow.recipes import load_recipe
 
 TASK_DOCS = {
@@ -43,21 +43,22 @@ def _doc_md(recipe) -> str:
 
 
 def build_dag(recipe_name: str):
-    from airflow.sdk import DAG, XComArg, task
+    from airflow.sdk import DAG, XComArg
     from airflow.providers.standard.operators.empty import EmptyOperator
 
     from slimeflow.operators.convert import ConvertOperator
     from slimeflow.operators.download import CheckModelConfigOperator, DownloadOperator
-    from slimeflow.operators.patch import PatchFlaOperator, choose_patch_branch
+    from slimeflow.operators.patch import DecidePatchOperator, PatchFlaOperator
     from slimeflow.operators.preflight import CheckClusterOperator, PreflightOperator
     from slimeflow.operators.teardown import TeardownOperator
     from slimeflow.operators.train import TrainOperator
     from slimeflow.operators.validate import ValidateParamsOperator
+    from slimeflow.links import RayDashboardLink, WandbRunLink
+    from slimeflow.notifiers.callbacks import on_failure, on_retry
     from slimeflow.params import build_params
 
     recipe = load_recipe(recipe_name)
-    env_key = recipe.dag_id.upper()
-    schedule = os.environ.get(f"SLIMEFLOW_SCHEDULE_{env_key}") or None
+    schedule = operations.schedule(recipe)  # SLIMEFLOW_SCHEDULE_<DAG> / _DATA_ASSET_ or Variables
     with DAG(
         dag_id=recipe.dag_id,
         description=recipe.title,
@@ -66,10 +67,12 @@ def build_dag(recipe_name: str):
         start_date=datetime(2026, 1, 1),
         catchup=False,
         max_active_runs=1,
-        doc_md=_doc_md(recipe),
+        deadline=operations.deadline(recipe),
+        doc_md=_doc_md(recipe) + operations.doc_sections(recipe),
         tags=["slime", "rl", recipe.name],
         default_args={"owner": "ml-platform", "retries": 0,
-                      "retry_delay": timedelta(minutes=2)},
+                      "retry_delay": timedelta(minutes=2),
+                      "on_failure_callback": on_failure, "on_retry_callback": on_retry},
         render_template_as_native_obj=True,
     ) as dag:
         common = {"recipe": recipe.name}
@@ -82,18 +85,15 @@ def build_dag(recipe_name: str):
         dl_data = DownloadOperator(task_id="download_datasets", what="datasets", **common)
         model_cfg = CheckModelConfigOperator(task_id="check_model_config", **common)
 
-        @task.branch(task_id="decide_patch")
-        def decide_patch(ti=None):
-            probes = ti.xcom_pull(task_ids="preflight")
-            return choose_patch_branch([probes] if isinstance(probes, dict) else list(probes))
-
-        branch = decide_patch()
+        branch = DecidePatchOperator(task_id="decide_patch")
         patch = PatchFlaOperator(task_id="patch_fla", **common)
         skip = EmptyOperator(task_id="skip_patch_fla")
         fla_ready = EmptyOperator(task_id="fla_ready",
                                   trigger_rule="none_failed_min_one_success")
         convert = ConvertOperator(task_id="convert", **common)
-        train = TrainOperator(task_id="train", **common)
+        train = TrainOperator(task_id="train", outlets=[operations.checkpoint_asset(recipe)],
+                              post_execute=operations.publish_checkpoint, **common)
+        train.operator_extra_links = (RayDashboardLink(), WandbRunLink())
         teardown = TeardownOperator(task_id="teardown", **common)
 
         validate >> preflight >> check >> [dl_model, dl_data, branch]

@@ -10,7 +10,20 @@ import os
 
 from slimeflow.recipes import Recipe
 
-PATH_SCHEMA = {"type": "string", "minLength": 2, "maxLength": 1024, "pattern": r"^/[A-Za-z0-9._/+@=,-]*$"}
+# The form's first line of defence; validation.py is the authority (and also refuses what a
+# pattern cannot say, such as system folders). Patterns run under both Python's `re.search` and
+# the browser's ECMAScript regex: Python's `$` also matches before a trailing newline, so each
+# pattern ends with `(?![\s\S])` ("nothing follows"), which means the same in both.
+_END = r"(?![\s\S])"
+PATH_SCHEMA = {"type": "string", "minLength": 2, "maxLength": 1024,
+               "pattern": r"^(?!.*(?:^|/)\.\.(?:/|$))/[A-Za-z0-9._/+@=,-]*" + _END}
+_REPO_PART = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?"
+HF_REPO_PATTERN = rf"^(?!.*(?:--|\.\.))(?:{_REPO_PART}/)?{_REPO_PART}" + _END
+REVISION_PATTERN = r"^(?!.*\.\.)(?:[0-9a-f]{40}|[A-Za-z0-9][A-Za-z0-9._/-]{0,199})" + _END
+URL_PATTERN = r"^(?:https?://[A-Za-z0-9.-]+(?::[0-9]{1,5})?(?:/[A-Za-z0-9._~/-]*)?)?" + _END
+HOST_PATTERN = r"^(?:[A-Za-z0-9:][A-Za-z0-9.:-]{0,252})?" + _END
+EXTRA_ARG_PATTERN = (r"^(?:--[a-z0-9][a-z0-9-]{0,99}|[A-Za-z0-9_.,:/=+@%\[\]][A-Za-z0-9_.,:/=+@%\[\]-]*"
+                     r"|-?[0-9]+(?:\.[0-9]+)?(?:e-?[0-9]+)?)" + _END)
 
 
 def _default(name: str, fallback):
@@ -29,14 +42,15 @@ def param_specs(recipe: Recipe) -> dict:
                         f"{l.num_rollout} rollouts)" for l in recipe.layouts)
     return {
         "nodes": (["gpu_node_0"], {"type": "array", "minItems": 1, "maxItems": 64,
-                                   "items": {"type": "string", "pattern": r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,249}$"}},
+                                   "items": {"type": "string",
+                                             "pattern": r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,249}" + _END}},
                   "Nodes", "SSH connection ids of the GPU nodes; the first is the head (Ray head, "
                   "downloads, conversion). Add nodes under Admin > Connections (type ssh, with "
                   f"host_key pinned). The node count picks the layout: {layouts}."),
-        "master_addr": ("", {"type": "string", "maxLength": 253},
+        "master_addr": (None, {"type": ["null", "string"], "maxLength": 253, "pattern": HOST_PATTERN},
                         "Master address", "Address the other nodes reach the head at "
                         "(MASTER_ADDR, Ray's --node-ip-address). Empty: the head connection's host."),
-        "socket_ifname": ("eth0", {"type": "string", "pattern": r"^[A-Za-z0-9_.:-]{1,15}$"},
+        "socket_ifname": ("eth0", {"type": "string", "pattern": r"^[A-Za-z0-9_.:][A-Za-z0-9_.:-]{0,14}" + _END},
                           "Socket interface", "Network interface for GLOO/TP sockets on "
                           "multi-node runs (GLOO_SOCKET_IFNAME, TP_SOCKET_IFNAME)."),
         "base_folder": ("/root", PATH_SCHEMA, "Base folder", "Absolute folder on the nodes for "
@@ -46,12 +60,13 @@ def param_specs(recipe: Recipe) -> dict:
                       "Where slime is checked out on the nodes (cwd of conversion and training)."),
         "megatron_dir": ("/root/Megatron-LM", PATH_SCHEMA, "Megatron-LM folder",
                          "Megatron-LM checkout on the nodes (PYTHONPATH of the converter and job)."),
-        "hf_repo": (recipe.hf_repo, {"type": "string", "maxLength": 193},
+        "hf_repo": (recipe.hf_repo, {"type": "string", "maxLength": 193, "pattern": HF_REPO_PATTERN},
                     "Hugging Face repo", "Model repo to download; its config.json must match "
                     "the recipe's model arguments."),
-        "hf_revision": ("main", {"type": "string", "maxLength": 200}, "Revision",
+        "hf_revision": ("main", {"type": "string", "maxLength": 200, "pattern": REVISION_PATTERN}, "Revision",
                         "Branch, tag or commit sha of the model repo."),
-        "hf_endpoint": ("", {"type": "string", "maxLength": 300}, "Hub endpoint",
+        "hf_endpoint": (None, {"type": ["null", "string"], "maxLength": 300, "pattern": URL_PATTERN},
+                        "Hub endpoint",
                         "Optional Hugging Face mirror URL (HF_ENDPOINT). Empty: the nodes' own "
                         "setting or huggingface.co."),
         "gpus_per_node": (8, {"type": "integer", "minimum": 1, "maximum": 16}, "GPUs per node",
@@ -68,7 +83,8 @@ def param_specs(recipe: Recipe) -> dict:
                                      "slime's Megatron training does not support Blackwell "
                                      "(B200/B300) yet; set to try anyway."),
         "extra_train_args": ([], {"type": "array", "maxItems": 200,
-                                  "items": {"type": "string", "maxLength": 4096}},
+                                  "items": {"type": "string", "maxLength": 4096,
+                                            "pattern": EXTRA_ARG_PATTERN}},
                              "Extra train.py args", "Appended to slime's train.py arguments: "
                              "`--flag [value ...]` tokens only, e.g. [\"--lr\", \"2e-6\"]."),
         "cp_size": (None, {"type": ["null", "integer"], "minimum": 1, "maximum": 64},
@@ -77,9 +93,31 @@ def param_specs(recipe: Recipe) -> dict:
         "nccl_nvls": ("auto", {"type": "string", "enum": ["auto", "0", "1"]}, "NCCL NVLS",
                       "NCCL_NVLS_ENABLE for the job; auto = on when nvidia-smi shows NVLink, as "
                       "the seed does."),
+        "ray_dashboard_host": ("0.0.0.0", {"type": "string", "enum": ["0.0.0.0", "127.0.0.1"]},
+                               "Ray dashboard bind address", "Where the head's Ray dashboard and "
+                               "job API listen. 0.0.0.0 (the seed) lets anyone who reaches port "
+                               "8265 run code on the nodes: firewall it, or choose 127.0.0.1 "
+                               "(slimeflow submits jobs from the head itself; reach the dashboard "
+                               "through an SSH tunnel). See docs/security.md."),
         "poll_interval": (15, {"type": "integer", "minimum": 1, "maximum": 600},
                           "Poll interval (s)", "How often train checks the job and copies its "
                           "log into the task log."),
+        "unreachable_timeout_minutes": (10, {"type": "number", "minimum": 0.01, "maximum": 100000},
+                                        "Head unreachable timeout (min)",
+                                        "train fails (cause: node lost) when the head node cannot "
+                                        "be reached over SSH for this long. The job keeps running; "
+                                        "a retry reattaches to it."),
+        "stall_timeout_minutes": (None, {"type": ["null", "number"], "minimum": 0.01,
+                                         "maximum": 100000},
+                                  "Stall timeout (min)", "train stops the job and fails (cause: "
+                                  "stalled) when no rollout line appears for this long. Empty: the "
+                                  f"recipe's {recipe.stall_timeout_minutes} min."),
+        "lease_wait_minutes": (10, {"type": "number", "minimum": 0, "maximum": 100000},
+                               "Node lease wait (min)", "How long preflight waits for nodes that "
+                               "another run holds before failing with that run's name."),
+        "lease_stale_minutes": (15, {"type": "number", "minimum": 0.01, "maximum": 100000},
+                                "Stale lease age (min)", "A node lease whose heartbeat is older "
+                                "than this, and whose Ray job is not running, is broken."),
     }
 
 

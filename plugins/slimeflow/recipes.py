@@ -126,7 +126,8 @@ def load_recipe(name: str) -> Recipe:
     if not path.is_file():
         raise ValueError(f"unknown recipe {name!r}: known recipes are {', '.join(recipe_names())}")
     with open(path) as f:
-        return parse_recipe(yaml.safe_load(f))
+        # libyaml's loader when present: a third of the parse time of every DAG file
+        return parse_recipe(yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)))
 
 
 def recipe_names() -> list:

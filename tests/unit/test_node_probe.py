@@ -408,7 +408,8 @@ def test_full_probe_h100(node):
     assert r["triton"] == "3.4.0"
     pk = r["packages"]
     assert pk["slime"] == {"present": True, "version": None,
-                           "path": str(node["slime"] / "slime"), "commit": node["slime_sha"]}
+                           "path": str(node["slime"] / "slime"), "commit": node["slime_sha"],
+                           "train_py": (node["slime"] / "train.py").is_file()}
     assert pk["megatron"] == {"present": True, "version": "0.14.0rc5",
                               "path": str(node["mega"] / "megatron"), "commit": node["mega_sha"]}
     assert pk["ray"]["present"] is True and pk["ray"]["version"] == "2.49.1"

@@ -164,7 +164,9 @@ class NodeHook(SSHHook):
                 pass
             parent = posixpath.dirname(remote_dir)
             self._makedirs(sftp, parent)
-            tmp = f"{remote_dir}.tmp-{os.getpid()}-{int(time.time() * 1000)}"
+            # random part: mapped preflights on shared storage upload at the same moment,
+            # from workers whose pids may coincide (containers)
+            tmp = f"{remote_dir}.tmp-{os.getpid()}-{os.urandom(4).hex()}"
             sftp.mkdir(tmp)
             for name, data in files:
                 sftp.putfo(io.BytesIO(data), posixpath.join(tmp, name))
@@ -198,4 +200,14 @@ class NodeHook(SSHHook):
                 parts.append(path)
                 path = posixpath.dirname(path)
         for p in reversed(parts):
-            sftp.mkdir(p)
+            try:
+                sftp.mkdir(p)
+            except OSError as e:
+                # several nodes on shared storage create the same parents at once (mapped
+                # preflight): another one winning the race is fine, anything else is not
+                try:
+                    sftp.stat(p)
+                except OSError:
+                    # SFTP v3 reports a read-only file system as a bare "Failure"
+                    raise PermissionError(f"cannot create {p}: read-only file system or no "
+                                          f"permission ({e})") from None

@@ -46,7 +46,10 @@ class DownloadOperator(SlimeOperator):
 
     def ensure(self, cfg, node, kind, repo, rev, local_dir, expect_files, token_env) -> dict:
         check = self.run_json(cfg, builders.hf_verify(cfg, node, local_dir, fix=True))
-        complete = check.get("ok") and (expect_files is None or check.get("files", 0) >= expect_files)
+        # Without the hub's file count (the probe could not ask the hub) a partial copy looks
+        # like a complete one: let `hf download` decide (it skips files whose etag matches).
+        complete = (check.get("ok") and expect_files is not None
+                    and check.get("files", 0) >= expect_files)
         if complete:
             self.log.info("[%s] %s: %d files verified at %s (%.2f GB hashed); not downloading",
                           node, repo, check["files"], local_dir, check.get("bytes", 0) / 1e9)
@@ -76,7 +79,9 @@ def _hf_token_env() -> dict:
 
 def _hf_failure(node, repo, res) -> str:
     text = " ".join(res.tail[-15:])
-    if "GatedRepo" in text or "gated" in text.lower() or "401" in text or "403" in text:
+    low = text.lower()
+    if ("GatedRepo" in text or "gated" in low or "401" in text or "403" in text
+            or "access denied" in low or "requires approval" in low):
         return (f"node {node}: `hf download {repo}` was refused by the hub (gated or private "
                 f"repo, or no token); accept the model's licence on the hub and store a token in "
                 f"the Airflow connection `slimeflow_hf` (password) or Variable "

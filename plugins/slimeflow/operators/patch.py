@@ -1,12 +1,24 @@
 """patch_fla: the seed's Blackwell-only fla patch, applied with `git apply` on every node."""
 from __future__ import annotations
 
+from airflow.sdk import BaseBranchOperator
+
 from slimeflow import builders
 from slimeflow.operators.base import SlimeOperator
 
 
 def choose_patch_branch(probes: list) -> str:
     return "patch_fla" if builders.should_patch_fla(probes) else "skip_patch_fla"
+
+
+class DecidePatchOperator(BaseBranchOperator):
+    """decide_patch: branch to patch_fla or skip_patch_fla from the preflight probes. A plain
+    BaseBranchOperator rather than @task.branch, which would pull airflow's decorator and
+    PythonOperator modules into every parse of the DAG files."""
+
+    def choose_branch(self, context):
+        probes = context["ti"].xcom_pull(task_ids="preflight")
+        return choose_patch_branch([probes] if isinstance(probes, dict) else list(probes or []))
 
 
 class PatchFlaOperator(SlimeOperator):

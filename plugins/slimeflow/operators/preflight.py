@@ -17,6 +17,7 @@ class PreflightOperator(SlimeOperator):
         uploaded = self.ensure_bundle(cfg, self.node)
         self.log.info("[%s] node scripts %s at %s", self.node,
                       "uploaded" if uploaded else "already present", builders.node_dir(cfg))
+        self.take_lease(cfg, context)
         probe = self.run_json(cfg, builders.preflight(cfg, self.node), timeout=300)
         probe["node"] = self.node
         gpus = probe.get("gpus") or []
@@ -26,6 +27,47 @@ class PreflightOperator(SlimeOperator):
                       (probe.get("disk") or {}).get("free_bytes", 0) / 1e9,
                       ((probe.get("packages") or {}).get("fla") or {}).get("wy_fast"))
         return probe
+
+    def take_lease(self, cfg, context):
+        """Exclusive use of this node for this run (include/node/lease.py); waits up to
+        lease_wait_minutes for another run's lease, then fails naming that run."""
+        import json
+        import time
+
+        from slimeflow.operators.train import lease_dir, lease_run_key
+
+        run = lease_run_key(context)
+        holder = {"dag_id": context["dag"].dag_id, "run_id": context["run_id"],
+                  "submission_id": builders.submission_id(context["dag"].dag_id,
+                                                          context["run_id"]),
+                  "host": cfg.cluster.hosts[cfg.cluster.nodes.index(self.node)]}
+        step = builders.node_script(
+            cfg, self.node, "lease.py", "acquire", "--dir", lease_dir(cfg), "--node", self.node,
+            "--run", run, "--holder-json", json.dumps(holder),
+            "--stale-after", str(cfg.train.lease_stale_s),
+            "--ray-address", f"http://{cfg.cluster.master_addr}:8265")
+        deadline = time.monotonic() + cfg.train.lease_wait_s
+        while True:
+            res = self.run_json(cfg, step, timeout=120)
+            if res.get("acquired"):
+                if res.get("broken"):
+                    b = res["broken"]
+                    self.log.warning("[%s] broke the stale lease of run %s (heartbeat %.0f s "
+                                     "old, its Ray job not running); kept at %s", self.node,
+                                     b["lease"].get("run"), b.get("age_s") or 0, b["moved_to"])
+                self.log.info("[%s] node lease taken for run %s", self.node, run)
+                return
+            held = res.get("held_by") or {}
+            msg = (f"node {self.node} is in use by run {held.get('run')} (Ray job "
+                   f"{held.get('submission_id')}, lease heartbeat {res.get('age_s')} s ago"
+                   f"{', job still running' if res.get('job_running') else ''}); wait for that "
+                   f"run to finish or stop it. Its lease is broken automatically once its "
+                   f"heartbeat is older than {cfg.train.lease_stale_s / 60:g} min and its Ray "
+                   f"job is not running (lease file {lease_dir(cfg)}/{self.node}.json).")
+            if time.monotonic() >= deadline:
+                raise RuntimeError(msg)
+            self.log.info("[%s] waiting for the node: %s", self.node, msg)
+            time.sleep(min(15.0, max(1.0, deadline - time.monotonic())))
 
 
 class CheckClusterOperator(SlimeOperator):

@@ -4,11 +4,9 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections import deque
 
 from slimeflow import builders
 from slimeflow.operators.base import SlimeOperator
-from slimeflow.utils import logparse
 
 # `ray job status` prints terminal states as sentences and the others as "Status for job".
 _STATUS = [(re.compile(r"Job '[^']+' succeeded"), "SUCCEEDED"),
@@ -31,13 +29,28 @@ class TrainingFailed(RuntimeError):
     pass
 
 
+def run_deadline(context, cfg) -> dict:
+    """When this run is overdue: the recipe's expected duration after the run was queued."""
+    from slimeflow.operations import expected_hours
+
+    run = context["dag_run"]
+    start = getattr(run, "queued_at", None) or getattr(run, "start_date", None)
+    hours = expected_hours(cfg.recipe)
+    base = start.timestamp() if start else time.time()
+    return {"at": base + hours * 3600, "recipe": cfg.recipe.name, "expected_hours": hours,
+            "dag_id": run.dag_id, "run_id": run.run_id, "started": str(start)}
+
+
 class TrainOperator(SlimeOperator):
     """XCom: {save_dir, iteration, path} of the latest checkpoint.
 
-    The job is submitted with `ray job submit --no-wait` under a submission id derived from the
-    DAG and run ids, so a retry or a re-run of this task finds and follows the same job instead
-    of starting a second one. A job that FAILED is resubmitted under a new attempt id; slime then
-    resumes from latest_checkpointed_iteration.txt in --load.
+    Deferrable. The job is submitted with `ray job submit --no-wait` under a submission id derived
+    from the DAG and run ids, then the task defers to TrainJobTrigger, which follows the job from
+    the triggerer (no worker slot is held while training). A run record on the head
+    (<state_dir>/runs/<id>/attempts.json) lists every attempt, so a retry, a re-run or a restarted
+    triggerer attaches to a PENDING/RUNNING job instead of starting a second one, and a job that
+    FAILED (or was lost with its Ray cluster) is resubmitted under a new attempt id; slime then
+    resumes from latest_checkpointed_iteration.txt in --load. See docs/supervision.md.
     """
 
     def work(self, cfg, context):
@@ -49,41 +62,194 @@ class TrainOperator(SlimeOperator):
                 f"try anyway.")
         head = cfg.cluster.head
         base_id = builders.submission_id(context["dag"].dag_id, context["run_id"])
+        self._cfg, self._base_id = cfg, base_id
 
         def fsops(*args):
             return self.run_json(cfg, builders.node_script(cfg, head, "fsops.py", *args))
 
-        status, sub_id = self.find_job(cfg, base_id)
-        if status in ("PENDING", "RUNNING"):
-            self.log.info("[%s] job %s is already %s; following it (no second submission)",
-                          head, sub_id, status)
-        elif status == "SUCCEEDED":
-            self.log.info("[%s] job %s already succeeded", head, sub_id)
+        record = self.read_record(cfg, base_id)
+        attempts = record.get("attempts", [])
+        last = attempts[-1] if attempts else None
+        if last and last.get("final") == "SUCCEEDED":
+            self.log.info("[%s] job %s of this run already succeeded; not submitting again",
+                          head, last["id"])
             return self.checkpoint(cfg, fsops)
-        else:
+        sub_id = last["id"] if last else base_id
+        status = self.job_status(cfg, sub_id)
+        if status in ACTIVE:
+            self.log.info("[%s] job %s is already %s; attaching to it (no second submission)",
+                          head, sub_id, status)
             latest = fsops("latest-checkpoint", "--dir", cfg.paths.save_dir)
-            if latest["iteration"] is not None and latest["iteration"] + 1 >= cfg.train.num_rollout:
-                self.log.warning(
-                    "[%s] %s already holds rollout %d and num_rollout is %d (a total, not an "
-                    "increment): there is nothing left to train, so no job is submitted. Raise "
-                    "num_rollout to train further.", head, cfg.paths.save_dir,
-                    latest["iteration"], cfg.train.num_rollout)
-                return self.checkpoint(cfg, fsops)
-            if status is not None:  # FAILED or STOPPED earlier: resume under a new attempt id
-                sub_id = self.next_attempt_id(cfg, base_id)
-                self.log.info("[%s] resubmitting as %s; slime resumes from %s", head, sub_id,
-                              latest)
-            self.start_ray(cfg, facts)
-            self.submit(cfg, sub_id, facts)
-        final = self.follow(cfg, sub_id, fsops)
-        if final != "SUCCEEDED":
-            raise TrainingFailed(self.failure_message(cfg, sub_id, final))
-        return self.checkpoint(cfg, fsops)
+            return self.defer_to_trigger(cfg, base_id, sub_id, latest["iteration"],
+                                         (last or {}).get("start_iteration", latest["iteration"]),
+                                         context)
+        if status == "SUCCEEDED":
+            self.log.info("[%s] job %s already succeeded", head, sub_id)
+            self.update_attempt(cfg, base_id, sub_id, final="SUCCEEDED")
+            return self.checkpoint(cfg, fsops)
+        latest = fsops("latest-checkpoint", "--dir", cfg.paths.save_dir)
+        it = latest["iteration"]
+        if it is not None and it + 1 >= cfg.train.num_rollout:
+            self.log.warning(
+                "[%s] NOTHING TO TRAIN: %s already holds rollout %d and num_rollout is %d (a "
+                "total, not an increment): there is nothing left to train, so no job is "
+                "submitted and this task returns the existing checkpoint. Raise num_rollout to "
+                "train further.", head, cfg.paths.save_dir, it, cfg.train.num_rollout)
+            return self.checkpoint(cfg, fsops)
+        if status in ("FAILED", "STOPPED") or (last is not None and last.get("submitted")):
+            # the last attempt ended, or its Ray cluster is gone: resume under a new attempt id
+            prev = sub_id
+            sub_id = self.next_attempt_id(cfg, base_id, len(attempts) + 1)
+            self.log.info("[%s] attempt %s ended %s; resubmitting as %s, slime resumes from "
+                          "%s", head, prev, status or "(lost with its Ray cluster)",
+                          sub_id, f"iteration {it}" if it is not None else "scratch (no "
+                          f"checkpoint in {cfg.paths.save_dir} yet)")
+        if it is not None:
+            self.log.warning("[%s] resuming: --load %s/ holds rollout %d; slime continues at %d "
+                             "and stops at the total --num-rollout %d", head, cfg.paths.save_dir,
+                             it, it + 1, cfg.train.num_rollout)
+        self.start_ray(cfg, facts)
+        self.record_attempt(cfg, base_id, record, sub_id, it, submitted=False)
+        self.submit(cfg, sub_id, facts)
+        self._submitted = sub_id
+        self.update_attempt(cfg, base_id, sub_id, submitted=True)
+        return self.defer_to_trigger(cfg, base_id, sub_id, it, it, context)
+
+    # -- deferral -----------------------------------------------------------------------------
+
+    def defer_to_trigger(self, cfg, base_id, sub_id, iteration, start_iteration, context):
+        from slimeflow.triggers.train_job import TrainJobTrigger
+
+        head = cfg.cluster.head
+        stop = builders.ray_job_cmd(cfg, "stop", sub_id)
+        trigger = TrainJobTrigger(
+            head=head, nodes=list(cfg.cluster.nodes), node_dir=builders.node_dir(cfg),
+            base_id=base_id, sub_id=sub_id, watch_argv=watch_argv(cfg, base_id, sub_id,
+                                                                   self._lease_run),
+            stop_argv=stop.argv, stop_env=stop.env,
+            ray_stop_argv=builders.ray_stop(cfg, head).argv, cwd=cfg.paths.slime_dir,
+            total=cfg.train.num_rollout, poll_interval=cfg.train.poll_interval,
+            unreachable_timeout=cfg.train.unreachable_timeout_s,
+            stall_timeout=cfg.train.stall_timeout_s, start_iteration=start_iteration,
+            deferred_at=time.time(), deadline=run_deadline(context, cfg))
+        self.log.info("[%s] deferring: the triggerer follows job %s every %ss (stall timeout "
+                      "%.0fs, unreachable timeout %.0fs); progress in %s", head, sub_id,
+                      cfg.train.poll_interval, cfg.train.stall_timeout_s,
+                      cfg.train.unreachable_timeout_s, progress_path(cfg, base_id))
+        self.close_hooks()
+        self.defer(trigger=trigger, method_name="execute_complete",
+                   kwargs={"sub_id": sub_id, "start_iteration": start_iteration})
+
+    _lease_run = None
+    _submitted = None
+    _cfg = None
+
+    def execute(self, context):
+        self._lease_run = lease_run_key(context)
+        return super().execute(context)
+
+    def execute_complete(self, context, event=None, sub_id=None, start_iteration=None):
+        cfg = self.run_config(context)
+        head = cfg.cluster.head
+        base_id = builders.submission_id(context["dag"].dag_id, context["run_id"])
+        event = event or {}
+        status = event.get("status")
+        sub_id = event.get("sub_id") or sub_id
+        if start_iteration is None:
+            start_iteration = event.get("start_iteration")
+        try:
+            def fsops(*args):
+                return self.run_json(cfg, builders.node_script(cfg, head, "fsops.py", *args))
+
+            if status == "SUCCEEDED":
+                self.update_attempt(cfg, base_id, sub_id, final="SUCCEEDED")
+                ckpt = self.checkpoint(cfg, fsops)
+                if (event.get("rollouts_seen") == 0 and start_iteration is not None
+                        and ckpt["iteration"] == start_iteration):
+                    self.log.warning(
+                        "[%s] THE JOB TRAINED NOTHING: %s succeeded without a single rollout; "
+                        "slime resumed from rollout %s in --load and --num-rollout %d is a "
+                        "total, not an increment. Raise num_rollout to train further.", head,
+                        sub_id, start_iteration, cfg.train.num_rollout)
+                self.log.info("[%s] job %s succeeded; checkpoint %s (rollout %s)", head, sub_id,
+                              ckpt["path"], ckpt["iteration"])
+                return ckpt
+            self.update_attempt(cfg, base_id, sub_id, final=status or "UNKNOWN")
+            if status == "STALLED":
+                # a hung job would be re-attached by a retry: stop it so the retry resumes
+                # --no-wait: a hung trainer may not honour SIGTERM; teardown's `ray stop` ends it
+                step = builders.ray_job_cmd(cfg, "stop", sub_id)
+                step.argv.append("--no-wait")
+                res = self.run_step(cfg, step, check=False, timeout=120, log=None)
+                self.log.warning("[%s] stopped the stalled job %s (exit %d)", head, sub_id,
+                                 res.rc)
+            raise TrainingFailed(event.get("message") or f"training job {sub_id} on node {head} "
+                                 f"ended {status}")
+        finally:
+            self.close_hooks()
+
+    def on_kill(self):
+        """Killed on the worker before deferring (mark failed/success, clear, run cancelled):
+        stop what this attempt submitted, then Ray on every node. Once deferred, the trigger's
+        on_kill does this."""
+        cfg, sub_id = self._cfg, self._submitted or self._base_id
+        if cfg is None or sub_id is None:
+            return
+        from slimeflow.hooks.node import NodeHook
+
+        hooks = {}
+        try:
+            for node, step in [(cfg.cluster.head, builders.ray_job_cmd(cfg, "stop", sub_id))] + \
+                    [(n, builders.ray_stop(cfg, n)) for n in cfg.cluster.nodes]:
+                hook = hooks.setdefault(node, NodeHook(ssh_conn_id=node))
+                try:
+                    res = hook.run(step, builders.node_dir(cfg), check=False, timeout=60)
+                    self.log.info("[%s] on_kill: %s -> exit %d", node, " ".join(step.argv[:3]),
+                                  res.rc)
+                except Exception as e:  # best effort; teardown runs too
+                    self.log.warning("[%s] on_kill: %s failed: %s", node, step.argv[:3], e)
+        finally:
+            for h in hooks.values():
+                if getattr(h, "client", None):
+                    h.client.close()
+
+    # -- run record -------------------------------------------------------------------------
+
+    def read_record(self, cfg, base_id) -> dict:
+        res = self.run_json(cfg, builders.node_script(cfg, cfg.cluster.head, "fsops.py",
+                                                      "read-text", "--path",
+                                                      record_path(cfg, base_id)))
+        if not res.get("exists"):
+            return {"submission_id": base_id, "attempts": []}
+        try:
+            return json.loads(res["text"])
+        except ValueError:
+            return {"submission_id": base_id, "attempts": []}
+
+    def write_record(self, cfg, base_id, record):
+        self.run_json(cfg, builders.node_script(cfg, cfg.cluster.head, "fsops.py", "write-json",
+                                                "--path", record_path(cfg, base_id),
+                                                "--json", json.dumps(record)))
+
+    def record_attempt(self, cfg, base_id, record, sub_id, start_iteration, submitted):
+        record = dict(record)
+        attempts = [a for a in record.get("attempts", []) if a["id"] != sub_id]
+        attempts.append({"id": sub_id, "start_iteration": start_iteration,
+                         "submitted": submitted, "at": time.time(), "final": None})
+        record["attempts"] = attempts
+        self.write_record(cfg, base_id, record)
+
+    def update_attempt(self, cfg, base_id, sub_id, **fields):
+        record = self.read_record(cfg, base_id)
+        for a in record.get("attempts", []):
+            if a["id"] == sub_id:
+                a.update(fields)
+        self.write_record(cfg, base_id, record)
 
     # -- Ray ------------------------------------------------------------------------------
 
     def job_status(self, cfg, sub_id):
-        """A Ray job state, None when the job does not exist, 'UNREACHABLE' with no cluster."""
+        """A Ray job state, None when Ray does not know the job, 'NO_CLUSTER' without Ray."""
         res = self.run_step(cfg, builders.ray_job_cmd(cfg, "status", sub_id), check=False,
                             log=None, timeout=120)
         state = parse_job_status(res.stdout + "\n" + res.stderr)
@@ -92,27 +258,19 @@ class TrainOperator(SlimeOperator):
         text = (res.stdout + res.stderr).lower()
         if "does not exist" in text or "not found" in text or "no job" in text:
             return None
-        return "UNREACHABLE"
+        return "NO_CLUSTER"
 
-    def find_job(self, cfg, base_id):
-        """The newest attempt of this run's job and its state."""
-        found, sub_id = None, base_id
-        for n in range(1, 50):
-            cand = base_id if n == 1 else f"{base_id}-a{n}"
-            st = self.job_status(cfg, cand)
-            if st in (None, "UNREACHABLE"):
-                return (found, sub_id) if n > 1 else (None, base_id)
-            found, sub_id = st, cand
-        return found, sub_id
-
-    def next_attempt_id(self, cfg, base_id):
-        n = 2
-        while self.job_status(cfg, f"{base_id}-a{n}") not in (None, "UNREACHABLE"):
+    def next_attempt_id(self, cfg, base_id, n):
+        while self.job_status(cfg, f"{base_id}-a{n}") not in (None, "NO_CLUSTER"):
             n += 1
         return f"{base_id}-a{n}"
 
     def start_ray(self, cfg, facts):
-        head_step = builders.ray_start_head(cfg)
+        from slimeflow.secrets import ray_head_env
+
+        # secrets (W&B key) ride in the head's environment via runner.py's stdin: every job
+        # inherits them, and they never appear in --runtime-env-json or any other argv
+        head_step = builders.ray_start_head(cfg, secret_env=ray_head_env())
         res = self.run_step(cfg, head_step, check=False, timeout=300)
         if res.rc != 0 and "already" not in (res.stdout + res.stderr).lower():
             raise TrainingFailed(f"`ray start --head` failed on node {cfg.cluster.head} (exit "
@@ -131,8 +289,6 @@ class TrainOperator(SlimeOperator):
             self.on_nodes(cfg.cluster.workers, worker)
 
     def submit(self, cfg, sub_id, facts):
-        from slimeflow.secrets import hf_token  # noqa: F401  (tokens never go to the job argv)
-
         step = builders.ray_job_submit(cfg, sub_id, facts)
         self.log.info("runtime env: %s", json.dumps(step.runtime_env))
         self.log.info("entrypoint: python3 train.py %s", " ".join(builders.train_args(cfg, facts)))
@@ -140,61 +296,6 @@ class TrainOperator(SlimeOperator):
         if res.rc != 0:
             raise TrainingFailed(f"`ray job submit` failed on node {cfg.cluster.head} (exit "
                                  f"{res.rc}): {' | '.join(res.tail[-6:])}")
-
-    # -- following the job ------------------------------------------------------------------
-
-    def follow(self, cfg, sub_id, fsops) -> str:
-        offset, self._tail = 0, deque(maxlen=50)
-        started, first_rollout, last_rollout = time.monotonic(), None, None
-        total = cfg.train.num_rollout
-        while True:
-            chunk = fsops("job-log", "--ray-job", sub_id, "--offset", str(offset))
-            offset = chunk.get("offset", offset)
-            for line in chunk.get("lines", []):
-                self._tail.append(line)
-                self.log.info("[%s] %s", cfg.cluster.head, line)
-                parsed = logparse.parse_line(line)
-                if parsed and parsed[0] == "rollout":
-                    rid, metrics = parsed[1], parsed[2]
-                    now = time.monotonic()
-                    if first_rollout is None:
-                        first_rollout = (rid, now)
-                    eta = None
-                    if rid > first_rollout[0]:
-                        rate = (now - first_rollout[1]) / (rid - first_rollout[0])
-                        eta = rate * (total - rid - 1)
-                    last_rollout = (rid, metrics)
-                    self.log.info("progress: %s", logparse.progress_line(
-                        rid, total, logparse.reward_of(metrics), self._last_loss, eta))
-                elif parsed and parsed[0] == "step":
-                    self._last_loss = logparse.loss_of(parsed[2])
-            status = self.job_status(cfg, sub_id)
-            if status in TERMINAL:
-                chunk = fsops("job-log", "--ray-job", sub_id, "--offset", str(offset))
-                for line in chunk.get("lines", []):
-                    self._tail.append(line)
-                    self.log.info("[%s] %s", cfg.cluster.head, line)
-                self.log.info("job %s ended %s after %.0fs", sub_id, status,
-                              time.monotonic() - started)
-                return status
-            if status in (None, "UNREACHABLE"):
-                return "LOST"
-            time.sleep(cfg.train.poll_interval)
-
-    _last_loss = None
-    _tail = ()
-
-    def failure_message(self, cfg, sub_id, final) -> str:
-        lines = list(self._tail)
-        if final == "LOST":
-            cause, fix = "node lost", ("the Ray cluster on the head vanished (reboot or crash); "
-                                       "check the node, then clear the task to resume")
-        elif final == "STOPPED":
-            cause, fix = "cancelled", "the job was stopped; clear the task to resume"
-        else:
-            cause, fix = logparse.classify(lines)
-        return (f"training job {sub_id} on node {cfg.cluster.head} ended {final}: cause {cause}; "
-                f"fix: {fix}. Last {len(lines)} log lines:\n" + "\n".join(lines))
 
     def checkpoint(self, cfg, fsops) -> dict:
         latest = fsops("latest-checkpoint", "--dir", cfg.paths.save_dir)
@@ -204,3 +305,37 @@ class TrainOperator(SlimeOperator):
                                  f"save_interval and the job log).")
         return {"save_dir": latest["save_dir"], "iteration": latest["iteration"],
                 "path": latest["path"]}
+
+
+ACTIVE = ("PENDING", "RUNNING")
+
+
+def lease_run_key(context) -> str:
+    return f"{context['dag'].dag_id}/{context['run_id']}"
+
+
+def run_dir(cfg, base_id) -> str:
+    return f"{cfg.paths.state_dir}/runs/{base_id}"
+
+
+def record_path(cfg, base_id) -> str:
+    return f"{run_dir(cfg, base_id)}/attempts.json"
+
+
+def progress_path(cfg, base_id) -> str:
+    return f"{run_dir(cfg, base_id)}/progress.json"
+
+
+def lease_dir(cfg) -> str:
+    return f"{cfg.paths.state_dir}/leases"
+
+
+def watch_argv(cfg, base_id, sub_id, lease_run=None) -> list:
+    """jobwatch.py's argv for one poll of `sub_id` (the trigger appends --offset etc.)."""
+    args = ["--ray-job", sub_id, "--ray-address", builders.RAY_DASHBOARD,
+            "--progress", progress_path(cfg, base_id), "--save-dir", cfg.paths.save_dir]
+    if lease_run:
+        args += ["--lease-dir", lease_dir(cfg), "--lease-run", lease_run]
+        for n in cfg.cluster.nodes:
+            args += ["--lease-node", n]
+    return builders.node_script(cfg, cfg.cluster.head, "jobwatch.py", *args).argv

@@ -18,6 +18,8 @@ class ValidateParamsOperator(BaseOperator):
         from airflow.sdk import BaseHook
 
         params = dict(context["params"])
+        # every value first (no lookups yet: a hostile node id must not reach the secrets backend)
+        RunConfig.from_params(self.recipe, params)
         nodes = params.get("nodes")
         hosts = []
         for node in nodes if isinstance(nodes, list) else []:

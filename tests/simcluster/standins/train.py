@@ -414,8 +414,25 @@ def should_run(rollout_id: int, interval, num_rollout: int) -> bool:
     return (rollout_id + 1) % interval == 0 or rollout_id == num_rollout - 1
 
 
+def record_argv(argv: list[str]) -> None:
+    """Append this run's exact argv to $SIMCLUSTER_DIR/nodes/<i>/train_argv.jsonl (tests check that
+    values arrive verbatim), with the sha256 of WANDB_API_KEY, never the key itself."""
+    d, node = sim_dir(), os.environ.get("SIMCLUSTER_NODE")
+    if not d or node is None:
+        return
+    import hashlib
+    key = os.environ.get("WANDB_API_KEY")
+    rec = {"argv": argv, "wandb_key_sha256": hashlib.sha256(key.encode()).hexdigest() if key else None}
+    try:
+        with open(os.path.join(d, "nodes", node, "train_argv.jsonl"), "a") as f:
+            f.write(json.dumps(rec) + "\n")
+    except OSError:
+        pass
+
+
 def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, on_sigterm)
+    record_argv(argv)
     args, extras = parse_args(argv)
     conf = sim_conf()
     rnd = random.Random(sum((args.save or "").encode()))

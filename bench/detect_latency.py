@@ -1,0 +1,82 @@
+"""Detection latency of `train`: trainer killed -> task instance failed, through a live Airflow
+(scheduler, api-server, triggerer; the harness of tests/integration/test_supervision.py) and the
+simulated cluster over real SSH.
+
+    .venv/bin/python bench/detect_latency.py [--runs 5] [--poll 5 15]
+
+For each poll interval: one DAG run, then per measurement: clear `train` (a new attempt is
+submitted and resumes from the checkpoint), wait until it is deferred and training, SIGKILL the
+trainer, and time until the REST API reports the task `failed`. Prints median/min/max per poll
+interval. The REST poll adds up to 0.25 s.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "plugins")]
+
+from tests.integration.test_supervision import (DAG, LiveAirflow, PORT, latest_iteration,  # noqa
+                                                wait_training)
+from tests.simcluster.airflow_run import VENV_BIN, airflow_env, run_conf  # noqa: E402
+from tests.simcluster.cluster import SimCluster  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--poll", type=int, nargs="+", default=[5, 15])
+    a = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="detect-latency-"))
+    cluster = SimCluster.up(tmp / "cluster", nodes=1, gpu="H100", rollout_seconds=0.25)
+    home = tmp / "airflow"
+    home.mkdir()
+    env = airflow_env(cluster, home)
+    env.update({"AIRFLOW__CORE__EXECUTOR": "LocalExecutor", "AIRFLOW__CORE__PARALLELISM": "2",
+                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+                "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{PORT}/execution/",
+                "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
+                "AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC": "1",
+                "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": "0"})
+    subprocess.run([str(VENV_BIN / "airflow"), "db", "migrate"], env=env, check=True,
+                   capture_output=True)
+    af = LiveAirflow(env, home)
+    af.cluster = cluster
+    results = {}
+    try:
+        af.up()
+        for poll in a.poll:
+            total = latest_iteration(cluster) + 1 + 100000
+            run_id = af.trigger(run_conf(cluster, num_rollout=total, save_interval=2,
+                                         poll_interval=poll, lease_wait_minutes=0))
+            lat = []
+            for i in range(a.runs):
+                if i:
+                    af.wait_run(run_id, 120)
+                    af.clear(run_id, ["train"])
+                wait_training(af, run_id, rollouts=2, timeout=180)
+                time.sleep(poll * (i / a.runs))  # spread the kill over the poll cycle
+                cluster.fault("kill-trainer", node=0)
+                t0 = time.time()
+                af.wait_ti(run_id, "train", "failed", poll + 60)
+                lat.append(time.time() - t0)
+                print(f"poll {poll:>2}s run {i + 1}: {lat[-1]:.1f} s", flush=True)
+            af.wait_run(run_id, 120)
+            results[poll] = lat
+    finally:
+        af.down()
+        cluster.down()
+    print("\n| poll_interval | runs | median | min | max |\n|---|---|---|---|---|")
+    for poll, lat in results.items():
+        print(f"| {poll} s | {len(lat)} | {statistics.median(lat):.1f} s | {min(lat):.1f} s | "
+              f"{max(lat):.1f} s |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,147 @@
+"""One supervision poll of a Ray job on the head node. Stdlib only, Python 3.8+.
+
+    jobwatch.py --ray-job ID --ray-address URL --progress PATH [--offset N] [--max-bytes B]
+                [--write-progress JSON] [--save-dir D]
+                [--lease-dir D --lease-run R --lease-node N ...]
+
+In one exec: (1) writes the progress JSON it was given (atomically; the trigger computes it from
+the log lines of the previous poll), (2) asks `ray job status`, (3) reads the job driver log from
+byte offset N (N = -1: from the offset saved in PATH when PATH is about the same job, else 0), (4)
+reads latest_checkpointed_iteration.txt in the save dir, (5) refreshes this run's node leases.
+Prints one JSON object:
+
+    {"status": "PENDING|RUNNING|SUCCEEDED|FAILED|STOPPED|MISSING|NO_CLUSTER|UNKNOWN",
+     "status_text": "...", "offset": N, "lines": [...], "log_exists": bool,
+     "saved": {...progress.json or null}, "iteration": int|null, "leases": {...}}
+
+MISSING: Ray answers but does not know the job. NO_CLUSTER: no Ray answers at the address (the
+cluster is gone, e.g. after a reboot).
+"""
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import fsops  # noqa: E402
+import lease  # noqa: E402
+
+_TERMINAL = [(re.compile(r"Job '[^']+' succeeded"), "SUCCEEDED"),
+             (re.compile(r"Job '[^']+' was stopped"), "STOPPED"),
+             (re.compile(r"Job '[^']+' failed"), "FAILED")]
+_STATUS_LINE = re.compile(r"Status for job '[^']+': (\w+)")
+_NO_CLUSTER = re.compile(r"Failed to connect to Ray|Could not find any running Ray|"
+                         r"Connection refused|ConnectionError")
+
+
+def ray_status(address, job):
+    try:
+        r = subprocess.run(["ray", "job", "status", "--address=" + address, job],
+                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, timeout=90)
+    except subprocess.TimeoutExpired:
+        return "UNKNOWN", "ray job status did not answer within 90 s"
+    except OSError as e:
+        return "UNKNOWN", "cannot run ray: %s" % e
+    text = r.stdout.decode("utf-8", "replace")
+    for rx, state in _TERMINAL:
+        if rx.search(text):
+            return state, text[-4000:]
+    m = _STATUS_LINE.search(text)
+    if m:
+        return m.group(1), text[-2000:]
+    if "does not exist" in text:
+        return "MISSING", text[-2000:]
+    if _NO_CLUSTER.search(text):
+        return "NO_CLUSTER", text[-2000:]
+    return "UNKNOWN", text[-2000:]
+
+
+def tail_lines(job, n):
+    path = os.path.join(os.environ.get("RAY_TMPDIR") or "/tmp", "ray", "session_latest", "logs",
+                        "job-driver-%s.log" % job)
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            size = f.tell()
+            f.seek(max(0, size - 256 * 1024))
+            data = f.read()
+    except OSError:
+        return []
+    return data.decode("utf-8", "replace").splitlines()[-n:]
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--ray-job", required=True)
+    ap.add_argument("--ray-address", required=True)
+    ap.add_argument("--progress", required=True)
+    ap.add_argument("--offset", type=int, default=-1)
+    ap.add_argument("--max-bytes", type=int, default=1 << 20)
+    ap.add_argument("--write-progress")
+    ap.add_argument("--save-dir")
+    ap.add_argument("--lease-dir")
+    ap.add_argument("--lease-run")
+    ap.add_argument("--lease-node", action="append", default=[])
+    ap.add_argument("--tail", type=int, default=0,
+                    help="with a status other than PENDING/RUNNING: the log's last N lines")
+    a = ap.parse_args(argv)
+    out = {}
+    saved = None
+    try:
+        with open(a.progress) as f:
+            saved = json.load(f)
+    except (OSError, ValueError):
+        pass
+    out["saved"] = saved
+    status, text = ray_status(a.ray_address, a.ray_job)
+    out["status"], out["status_text"] = status, text
+    offset = a.offset
+    if offset < 0:
+        offset = 0
+        if saved and saved.get("attempt") == a.ray_job:
+            offset = int(saved.get("log_offset") or 0)
+    log = fsops.cmd_job_log(argparse.Namespace(ray_job=a.ray_job, path=None, offset=offset,
+                                               max_bytes=a.max_bytes))
+    out["log_exists"] = log.get("exists", False)
+    out["offset"] = log.get("offset", offset)
+    out["lines"] = log.get("lines", [])
+    out["more"] = bool(log.get("size") and out["offset"] < log["size"] - 1)
+    # progress.json: what the trigger made of the lines so far, plus the offset handed out now,
+    # so that a restarted trigger continues after the lines this poll returns
+    prog = None
+    if a.write_progress:
+        try:
+            prog = json.loads(a.write_progress)
+        except ValueError as e:
+            out["progress_error"] = str(e)
+    elif saved and saved.get("attempt") == a.ray_job:
+        prog = dict(saved)
+    if prog is None:
+        prog = {"attempt": a.ray_job}
+    if prog.get("attempt") == a.ray_job:
+        prog.update(log_offset=out["offset"], status=status, updated_at=time.time())
+        try:
+            fsops._atomic_write(a.progress, json.dumps(prog))
+        except OSError as e:
+            out["progress_error"] = str(e)
+    if a.tail and status not in ("PENDING", "RUNNING"):
+        out["tail"] = tail_lines(a.ray_job, a.tail)
+    if a.save_dir:
+        out["iteration"] = fsops.cmd_latest_checkpoint(argparse.Namespace(dir=a.save_dir))[
+            "iteration"]
+    if a.lease_dir and a.lease_run and a.lease_node:
+        try:
+            out["leases"] = lease.heartbeat(a.lease_dir, a.lease_node, a.lease_run, a.ray_job)
+        except (OSError, ValueError) as e:
+            out["leases"] = {"error": str(e)}
+    out["time"] = time.time()
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,359 @@
+"""TrainJobTrigger: supervise a detached Ray job from the triggerer, over one async SSH connection.
+
+Every `poll_interval` seconds it runs ONE exec on the head,
+
+    python3 <node_dir>/runner.py      (JSON spec on stdin: argv = jobwatch.py ...)
+
+which answers the job's Ray status, the driver-log lines written since the last byte offset, the
+latest checkpoint, and refreshes this run's node leases (see include/node/jobwatch.py). Lines go
+to the task log prefixed with the node; rollout lines also become one progress line each, and the
+progress (with the log offset) is kept in a JSON file on the head, so that a restarted triggerer
+or the next attempt continues where this one stopped.
+
+It fires exactly one TriggerEvent, `{"status": ...}`: SUCCEEDED, FAILED, STOPPED, LOST (the Ray
+cluster is gone), UNREACHABLE (no SSH to the head for `unreachable_timeout` s) or STALLED (no
+rollout line for `stall_timeout` s). `on_kill` (a user marked the deferred task failed/success,
+cleared it, or cancelled the run) stops the job and Ray on every node; a triggerer restart only
+cancels the coroutine (`cleanup`), which leaves the job running for the next triggerer.
+
+Its kwargs hold connection ids, paths and argv lists, never a secret.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import posixpath
+import re
+import shlex
+import time
+from collections import deque
+from typing import Any, AsyncIterator
+
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+from slimeflow.utils import logparse
+
+ACTIVE = ("PENDING", "RUNNING")
+TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+
+
+_TS = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)\]")
+
+
+def line_time(line: str):
+    """The wall time of a slime log line (`[%Y-%m-%d %H:%M:%S] file.py:N - ...`, local time)."""
+    m = _TS.match(line)
+    if not m:
+        return None
+    try:
+        return time.mktime(time.strptime(m.group(1), "%Y-%m-%d %H:%M:%S"))
+    except ValueError:
+        return None
+
+
+class RemoteError(RuntimeError):
+    """The head could not be reached, or the exec gave no answer."""
+
+
+class AsyncNode:
+    """One asyncssh connection to one node (host key checked: SSHHookAsync builds known_hosts
+    from the connection's host_key extra), reopened on demand."""
+
+    def __init__(self, conn_id: str, node_dir: str):
+        self.conn_id = conn_id
+        self.node_dir = node_dir
+        self.conn = None
+
+    async def connect(self):
+        if self.conn is None:
+            from airflow.providers.ssh.hooks.ssh import SSHHookAsync
+
+            hook = SSHHookAsync(ssh_conn_id=self.conn_id, keepalive_interval=15)
+            self.conn = await asyncio.wait_for(hook.get_conn(), timeout=30)
+        return self.conn
+
+    def close(self):
+        if self.conn is not None:
+            try:
+                self.conn.close()
+            except Exception:
+                pass
+            self.conn = None
+
+    async def run(self, argv: list, env: dict | None = None, cwd: str | None = None,
+                  timeout: float = 120) -> tuple:
+        """(rc, stdout, stderr) of argv run through runner.py. stdin stays open while it runs:
+        runner.py stops the child when the channel closes."""
+        conn = await self.connect()
+        cmd = "python3 -u " + shlex.quote(posixpath.join(self.node_dir, "runner.py"))
+        spec = {"argv": list(argv), "env": dict(env or {}), "cwd": cwd, "timeout": timeout}
+        try:
+            proc = await conn.create_process(cmd, encoding="utf-8")
+            try:
+                proc.stdin.write(json.dumps(spec) + "\n")
+                out, err = await asyncio.wait_for(
+                    asyncio.gather(proc.stdout.read(), proc.stderr.read()), timeout + 30)
+                await asyncio.wait_for(proc.wait(), 10)
+            finally:
+                proc.close()
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # connection lost, channel refused, timeout
+            self.close()
+            raise RemoteError(f"{type(e).__name__}: {e}") from None
+        return proc.exit_status if proc.exit_status is not None else -1, out, err
+
+    async def run_json(self, argv: list, **kw) -> dict:
+        rc, out, err = await self.run(argv, **kw)
+        for line in reversed(out.strip().splitlines()):
+            if line.startswith("{"):
+                try:
+                    return json.loads(line)
+                except ValueError:
+                    break
+        raise RemoteError(f"no JSON from {argv[1] if len(argv) > 1 else argv[0]} (exit {rc}): "
+                          f"{(err or out).strip()[-300:]}")
+
+
+class TrainJobTrigger(BaseTrigger):
+    def __init__(self, *, head: str, nodes: list, node_dir: str, base_id: str, sub_id: str,
+                 watch_argv: list, stop_argv: list, stop_env: dict, ray_stop_argv: list,
+                 cwd: str | None, total: int, poll_interval: float = 15,
+                 unreachable_timeout: float = 600, stall_timeout: float = 7200,
+                 start_iteration: int | None = None, deferred_at: float | None = None,
+                 deadline: dict | None = None):
+        super().__init__()
+        # {"at": epoch seconds, "recipe", "expected_hours", "dag_id", "run_id"}: warn on-call
+        # once when training is still running past the recipe's expected duration
+        self.deadline = dict(deadline) if deadline else None
+        self._deadline_warned = False
+        self.head = head
+        self.nodes = list(nodes)
+        self.node_dir = node_dir
+        self.base_id = base_id
+        self.sub_id = sub_id
+        self.watch_argv = list(watch_argv)
+        self.stop_argv = list(stop_argv)
+        self.stop_env = dict(stop_env or {})
+        self.ray_stop_argv = list(ray_stop_argv)
+        self.cwd = cwd
+        self.total = int(total)
+        self.poll_interval = float(poll_interval)
+        self.unreachable_timeout = float(unreachable_timeout)
+        self.stall_timeout = float(stall_timeout)
+        self.start_iteration = start_iteration
+        self.deferred_at = deferred_at or time.time()
+        self._node = None
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return ("slimeflow.triggers.train_job.TrainJobTrigger", {
+            "head": self.head, "nodes": self.nodes, "node_dir": self.node_dir,
+            "base_id": self.base_id, "sub_id": self.sub_id, "watch_argv": self.watch_argv,
+            "stop_argv": self.stop_argv, "stop_env": self.stop_env,
+            "ray_stop_argv": self.ray_stop_argv, "cwd": self.cwd, "total": self.total,
+            "poll_interval": self.poll_interval, "unreachable_timeout": self.unreachable_timeout,
+            "stall_timeout": self.stall_timeout, "start_iteration": self.start_iteration,
+            "deferred_at": self.deferred_at, "deadline": self.deadline})
+
+    # -- the poll loop ------------------------------------------------------------------------
+
+    def _event(self, status: str, cause: str | None, fix: str | None, tail, detail: str = "",
+               **extra) -> TriggerEvent:
+        lines = list(tail)[-50:]
+        if status == "SUCCEEDED":
+            msg = f"training job {self.sub_id} on node {self.head} succeeded"
+        else:
+            msg = (f"training job {self.sub_id} on node {self.head} ended {status}: cause "
+                   f"{cause}; {detail}fix: {fix}. Last {len(lines)} log lines:\n"
+                   + "\n".join(lines))
+        return TriggerEvent({"status": status, "cause": cause, "fix": fix, "sub_id": self.sub_id,
+                             "start_iteration": self.start_iteration,
+                             "message": msg, "tail": lines, **extra})
+
+    def _progress(self, st: dict, offset: int, status: str) -> dict:
+        return {"submission_id": self.base_id, "attempt": self.sub_id, "total": self.total,
+                "rollout": st.get("done"), "reward": st.get("reward"), "loss": st.get("loss"),
+                "eta_s": st.get("eta"), "last_progress_at": st.get("last_progress_at"),
+                "rollouts_seen": st.get("seen", 0), "log_offset": offset, "status": status,
+                "start_iteration": self.start_iteration, "updated_at": time.time()}
+
+    async def _check_deadline(self, status):
+        """The run is overdue: one warning through the alert channels (a triggerer restart may
+        send it once more). Airflow 3.3.2's DeadlineAlert would do this, but it breaks clearing
+        tasks and dag.test() (docs/operations.md), so it is opt-in only."""
+        d = self.deadline
+        if not d or self._deadline_warned or time.time() < d["at"]:
+            return
+        self._deadline_warned = True
+        try:
+            from slimeflow.notifiers.callbacks import deadline_missed
+
+            ctx = {"dag_run": {"dag_id": d.get("dag_id"), "run_id": d.get("run_id"),
+                               "start_date": d.get("started"), "state": "running"}}
+            out = await deadline_missed(d.get("recipe", ""), float(d.get("expected_hours", 0)),
+                                        ctx)
+            self.log.warning("[%s] run is past its expected %s h: deadline warning %s",
+                             self.head, d.get("expected_hours"), out)
+        except Exception as e:  # a failed warning must never stop the supervision
+            self.log.warning("deadline warning could not be sent: %s", e)
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        self._node = node = AsyncNode(self.head, self.node_dir)
+        tail = deque(maxlen=50)
+        offset = -1
+        st: dict = {"seen": 0, "last_progress_at": None}
+        first = None  # (rollout id, wall time) of the first rollout this instance saw
+        last_ok = time.monotonic()
+        down_since_msg = None
+        backoff = 1.0
+        to_write = None
+        restored = False
+        while True:
+            argv = self.watch_argv + ["--offset", str(offset), "--tail", "50"]
+            if to_write is not None:
+                argv += ["--write-progress", json.dumps(to_write)]
+            try:
+                res = await node.run_json(argv, timeout=120)
+            except RemoteError as e:
+                now = time.monotonic()
+                if down_since_msg is None:
+                    down_since_msg = str(e)
+                    self.log.warning("[%s] cannot reach the head (%s); retrying with backoff, "
+                                     "the job keeps running", self.head, e)
+                if now - last_ok > self.unreachable_timeout:
+                    yield self._event(
+                        "UNREACHABLE", "node lost", "check that the head is up and reachable "
+                        "over SSH, then clear the task: it reattaches to the job if it still "
+                        "runs, or resumes from the latest checkpoint", tail,
+                        f"the head was unreachable over SSH for "
+                        f"{now - last_ok:.0f} s (unreachable_timeout "
+                        f"{self.unreachable_timeout:.0f} s; last error: {e}); ")
+                    return
+                await asyncio.sleep(min(backoff, max(self.poll_interval, 1.0)))
+                backoff = min(backoff * 2, 60.0)
+                continue
+            if down_since_msg is not None:
+                self.log.info("[%s] head reachable again after %.0f s", self.head,
+                              time.monotonic() - last_ok)
+                down_since_msg = None
+            last_ok, backoff = time.monotonic(), 1.0
+            if not restored:
+                restored = True
+                saved = res.get("saved") or {}
+                if saved.get("attempt") == self.sub_id:
+                    st["last_progress_at"] = saved.get("last_progress_at")
+                    st["done"], st["seen"] = saved.get("rollout"), saved.get("rollouts_seen") or 0
+                    st["reward"], st["loss"] = saved.get("reward"), saved.get("loss")
+                    if saved.get("log_offset"):
+                        self.log.info("[%s] following job %s from log byte %s (progress %s/%s)",
+                                      self.head, self.sub_id, saved.get("log_offset"),
+                                      saved.get("rollout"), self.total)
+                if st["last_progress_at"] is None:
+                    st["last_progress_at"] = self.deferred_at
+            now_wall = time.time()
+            for line in res.get("lines", []):
+                tail.append(line)
+                self.log.info("[%s] %s", self.head, line)
+                parsed = logparse.parse_line(line)
+                if parsed and parsed[0] == "step":
+                    st["loss"] = logparse.loss_of(parsed[2])
+                elif parsed and parsed[0] == "rollout":
+                    rid, metrics = parsed[1], parsed[2]
+                    t = line_time(line) or now_wall
+                    if first is None:
+                        first = (rid, t)
+                    eta = None
+                    if rid > first[0] and t > first[1]:
+                        eta = (t - first[1]) / (rid - first[0]) * (self.total - rid - 1)
+                    st.update(done=rid + 1, reward=logparse.reward_of(metrics), eta=eta,
+                              last_progress_at=now_wall, seen=st.get("seen", 0) + 1)
+                    self.log.info("progress: %s", logparse.progress_line(
+                        rid, self.total, st["reward"], st.get("loss"), eta))
+            offset = res.get("offset", max(offset, 0))
+            status = res.get("status")
+            await self._check_deadline(status)
+            to_write = self._progress(st, offset, status)
+            if res.get("more"):
+                continue  # more log than one read: drain it before judging
+            common = {"iteration": res.get("iteration"), "rollouts_seen": st.get("seen", 0),
+                      "progress": to_write}
+            if status in TERMINAL:
+                for line in res.get("tail") or []:
+                    if not tail or line not in tail:
+                        tail.append(line)
+                await self._write_final(node, to_write)
+                if status == "SUCCEEDED":
+                    yield self._event("SUCCEEDED", None, None, tail, **common)
+                elif status == "STOPPED":
+                    yield self._event("STOPPED", "cancelled", "the job was stopped (ray job "
+                                      "stop); clear the task to resume from the latest "
+                                      "checkpoint", tail, **common)
+                else:
+                    cause, fix = logparse.classify(list(tail))
+                    yield self._event("FAILED", cause, fix, tail, **common)
+                return
+            if status in ("NO_CLUSTER", "MISSING"):
+                detail = ("no Ray cluster answers on the head any more (the node rebooted or Ray "
+                          "was stopped); " if status == "NO_CLUSTER" else
+                          "Ray on the head no longer knows the job (Ray was restarted); ")
+                yield self._event("LOST", "node lost", "check the head node, then clear the task: "
+                                  "it starts Ray again and resumes from the latest checkpoint",
+                                  list(tail) + list(res.get("tail") or []), detail, **common)
+                return
+            if status in ACTIVE:
+                quiet = time.time() - float(st["last_progress_at"] or self.deferred_at)
+                if quiet > self.stall_timeout:
+                    yield self._event(
+                        "STALLED", "stalled", "the job is stopped so that a retry resumes from "
+                        "the latest checkpoint; look at the trainer on the head (a hung NCCL "
+                        "collective, a stuck rollout engine) and raise stall_timeout_minutes if "
+                        "rollouts are legitimately slower", tail,
+                        f"no rollout line for {quiet:.0f} s (stall_timeout "
+                        f"{self.stall_timeout:.0f} s); ", **common)
+                    return
+            else:  # UNKNOWN: Ray did not answer clearly; bounded like an unreachable head
+                self.log.warning("[%s] ray job status gave no state: %s", self.head,
+                                 (res.get("status_text") or "").strip()[-300:])
+            await asyncio.sleep(self.poll_interval)
+
+    async def _write_final(self, node, progress):
+        try:
+            await node.run_json(self.watch_argv + ["--offset", "0", "--max-bytes", "0",
+                                                   "--write-progress", json.dumps(progress)],
+                                timeout=60)
+        except RemoteError as e:
+            self.log.warning("[%s] could not write the final progress: %s", self.head, e)
+
+    # -- cancel / restart -------------------------------------------------------------------
+
+    async def cleanup(self) -> None:
+        """Every exit, triggerer restarts included: close the connection, leave the job alone."""
+        if self._node is not None:
+            self._node.close()
+
+    async def on_kill(self) -> None:
+        """A user acted on the deferred task: stop the job (graceful, checkpoint save allowed),
+        then `ray stop` on every node. Bounded by [triggerer] on_kill_timeout (30 s)."""
+        self.log.warning("[%s] task killed by a user: stopping Ray job %s, then Ray on %s",
+                         self.head, self.sub_id, ", ".join(self.nodes))
+        head = AsyncNode(self.head, self.node_dir)
+        try:
+            rc, out, err = await head.run(self.stop_argv, env=self.stop_env, cwd=self.cwd,
+                                          timeout=18)
+            self.log.info("[%s] ray job stop %s: exit %s %s", self.head, self.sub_id, rc,
+                          (out + err).strip().splitlines()[-1:] or "")
+        except Exception as e:
+            self.log.warning("[%s] ray job stop failed: %s", self.head, e)
+        finally:
+            head.close()
+
+        async def stop(n):
+            node = AsyncNode(n, self.node_dir)
+            try:
+                rc, out, err = await node.run(self.ray_stop_argv, cwd=self.cwd, timeout=8)
+                self.log.info("[%s] ray stop: exit %s", n, rc)
+            except Exception as e:
+                self.log.warning("[%s] ray stop failed: %s", n, e)
+            finally:
+                node.close()
+        await asyncio.gather(*(stop(n) for n in self.nodes))

@@ -1,0 +1,171 @@
+"""`airflow standalone` + the simulated cluster + REST API v2 + headless Chromium.
+
+One run of slime_qwen3_next_80b_a3b is triggered through the REST API with a conf, followed to
+success, and its XCom chain, asset event, extra links and deadline warning are read back; the grid
+view and the trigger form are photographed (artifacts/e2e/) and checked to be real renders.
+"""
+import json
+import os
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.browser import Browser, chromium_path, render_stats
+from tests.e2e.loopback import WebhookSink, free_port
+from tests.simcluster.airflow_run import VENV_BIN, airflow, airflow_env, run_conf
+from tests.simcluster.cluster import SimCluster, procs_of
+
+pytestmark = pytest.mark.e2e
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = ROOT / "artifacts" / "e2e"
+DAG = "slime_qwen3_next_80b_a3b"
+
+
+class Api:
+    def __init__(self, base):
+        self.base = base
+
+    def call(self, method, path, body=None, timeout=30):
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.base + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return json.loads(r.read() or b"null")
+
+    def get(self, path):
+        return self.call("GET", path)
+
+
+def _wait(fn, timeout, what, interval=0.5):
+    end, last = time.time() + timeout, None
+    while time.time() < end:
+        try:
+            last = fn()
+            if last:
+                return last
+        except (urllib.error.URLError, ConnectionError, OSError) as e:
+            last = e
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}: {last!r}")
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    if not chromium_path():
+        pytest.skip("chromium is not installed (make system-deps installs it)")
+    tmp = tmp_path_factory.mktemp("e2e")
+    cluster = SimCluster.up(tmp / "cluster", nodes=1, gpu="H100", rollout_seconds=0.05)
+    hook = WebhookSink().__enter__()
+    proc = None
+    try:
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        env = airflow_env(cluster, tmp / "airflow")
+        env.update({
+            "PATH": f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",  # standalone runs `airflow`
+            "AIRFLOW__API__HOST": "127.0.0.1", "AIRFLOW__API__PORT": str(port),
+            "AIRFLOW__API__BASE_URL": base, "AIRFLOW__CORE__PARALLELISM": "2",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+            "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
+            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+            "AIRFLOW_CONN_SLIMEFLOW_SLACK": hook.conn_json(),
+            "SLIMEFLOW_RAY_DASHBOARD_URL": "http://{master_addr}:8265/#/jobs/{submission_id}",
+            # a tiny deadline (the recipe says 72 h): the run is overdue after 4 s
+            f"SLIMEFLOW_EXPECTED_HOURS_{DAG.upper()}": str(4 / 3600),
+        })
+        airflow(env, "db", "migrate", capture_output=True, check=True)
+        log = open(tmp / "standalone.log", "w")
+        proc = subprocess.Popen([str(VENV_BIN / "airflow"), "standalone"], env=env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)  # setsid
+        api = Api(base)
+        _wait(lambda: api.get("/api/v2/monitor/health")["metadatabase"]["status"] == "healthy",
+              90, "the API server")
+        yield {"api": api, "base": base, "cluster": cluster, "hook": hook, "tmp": tmp}
+    finally:
+        if proc is not None:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)  # kill -TERM -- -PGID
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+            except ProcessLookupError:
+                pass
+        hook.__exit__(None, None, None)
+        cluster.down()
+        assert procs_of(str(cluster.dir)) == []
+
+
+def test_trigger_run_read_xcoms_and_screenshots(stack):
+    api, base, cluster, hook = stack["api"], stack["base"], stack["cluster"], stack["hook"]
+    started = time.time()
+    dag = _wait(lambda: api.get(f"/api/v2/dags/{DAG}"), 90, "the DAG to be parsed")
+    assert dag["is_paused"] is False and "ml-platform" in dag["owners"]
+    assert {t["name"] for t in dag["tags"]} >= {"slime", "rl"}
+
+    run = api.call("POST", f"/api/v2/dags/{DAG}/dagRuns",
+                   {"logical_date": None, "conf": run_conf(cluster)})
+    run_id = urllib.parse.quote(run["dag_run_id"], safe="")
+    runs = f"/api/v2/dags/{DAG}/dagRuns/{run_id}"
+    def task_states():
+        return {t["task_id"] + (f"[{t['map_index']}]" if t["map_index"] >= 0 else ""): t["state"]
+                for t in api.get(f"{runs}/taskInstances")["task_instances"]}
+
+    try:
+        state = _wait(lambda: api.get(runs)["state"] in ("success", "failed")
+                      and api.get(runs)["state"], 120, "the run to finish", interval=2)
+    except AssertionError as e:
+        raise AssertionError(f"{e}; task states: {task_states()}") from None
+    assert state == "success", task_states()
+
+    def xcom(task, key="return_value"):
+        return api.get(f"{runs}/taskInstances/{task}/xcomEntries/{key}?deserialize=true")["value"]
+
+    model, torch_dist, ckpt = xcom("download_model"), xcom("convert"), xcom("train")
+    if isinstance(ckpt, str):
+        ckpt = json.loads(ckpt)
+    assert model == f"{cluster.base_folder}/Qwen3-Next-80B-A3B-Thinking"
+    assert torch_dist == model + "_torch_dist"
+    assert ckpt["save_dir"] == model + "_slime" and ckpt["iteration"] == 3
+    assert ckpt["path"].endswith("iter_0000003")
+
+    # the checkpoint Asset got an event carrying the path
+    events = api.get("/api/v2/assets/events?source_dag_id=" + DAG)["asset_events"]
+    ours = [e for e in events if e["source_run_id"] == run["dag_run_id"]]
+    assert ours and ours[0]["uri"] == "slimeflow://checkpoints/qwen3-next-80b-a3b"
+    assert ours[0]["extra"]["path"] == ckpt["path"] and ours[0]["extra"]["iteration"] == 3
+
+    # the extra link on train, from the configured template
+    links = api.get(f"{runs}/taskInstances/train/links")["extra_links"]
+    host = cluster.nodes[0]["host"]
+    assert links["Ray dashboard"].startswith(f"http://{host}:8265/#/jobs/slimeflow-")
+
+    # the tiny deadline warned on-call through the Slack channel (scheduler -> triggerer)
+    posts = _wait(lambda: [p for p in hook.posts if "overdue" in p["json"].get("text", "")],
+                  60, "the deadline warning")
+    assert f"*Run*: {run['dag_run_id']}" in posts[0]["json"]["text"]
+
+    # screenshots: the grid view after the run, and the trigger form
+    b = Browser()
+    try:
+        b.goto(f"{base}/dags/{DAG}")
+        b.wait_text("train", "teardown")
+        time.sleep(1.0)
+        shots = {"grid": b.screenshot(ARTIFACTS / "grid.png")}
+        assert b.click_button("Trigger"), "no Trigger button on the DAG page"
+        b.wait_text("Nodes", "Base folder")
+        time.sleep(1.0)
+        shots["trigger_form"] = b.screenshot(ARTIFACTS / "trigger_form.png")
+    finally:
+        b.close()
+    for name, png in shots.items():
+        st = render_stats(png)
+        assert st["width"] == 1400 and st["height"] == 900, (name, st)
+        assert st["bytes"] > 20_000 and st["colours"] > 20 and st["busy_rows"] > 0.2, (name, st)
+    assert time.time() - started < 150
