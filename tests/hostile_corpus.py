@@ -168,6 +168,8 @@ CORPUS += [
     ("grad_reduce_in_bf16", "true", "string"),
     ("grad_reduce_in_bf16", 1, "int"),
     ("allow_blackwell_training", "yes", "string"),
+    ("preflight_nccl", "false; touch /tmp/x", "string"),
+    ("preflight_nccl", 0, "int"),
     ("nccl_nvls", "1;reboot", "semicolon"),
     ("nccl_nvls", 1, "int"),
     ("ray_dashboard_host", "0.0.0.0 --include-dashboard", "option"),

@@ -93,6 +93,13 @@ def preflight(cfg: RunConfig, node: str) -> Step:
     return node_script(cfg, node, "probe.py", *args, env=hub_env(cfg))
 
 
+def nccl_check(cfg: RunConfig, node: str) -> Step:
+    """All-reduce over every GPU of the node (include/node/nccl_check.py). It never sets
+    NCCL_NVLS_ENABLE: the node's own setting applies."""
+    return node_script(cfg, node, "nccl_check.py", "--gpus", str(cfg.cluster.gpus_per_node),
+                       "--size-mb", "256", "--iters", "10", "--timeout", "240")
+
+
 # --- download -------------------------------------------------------------------------------
 
 def hf_download(cfg: RunConfig, node: str, kind: str, repo: str, revision: str,

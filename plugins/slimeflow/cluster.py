@@ -165,6 +165,21 @@ def judge(cfg: RunConfig, probes: dict, storage_shared, present: dict | None = N
             problems.append(f"node {node} cannot write base_folder {cfg.paths.base_folder}; "
                             f"create it and make it writable by the SSH user, or choose another "
                             f"base_folder.")
+    for node in nodes:
+        nccl = probes[node].get("nccl")
+        if not nccl or nccl.get("skipped"):
+            continue
+        if not nccl.get("ok"):
+            problems.append(f"node {node}: NCCL could not run an all-reduce over its GPUs "
+                            f"({nccl.get('error') or 'no result'}); check the driver, "
+                            f"nvidia-fabricmanager and NCCL_* settings there, or set "
+                            f"preflight_nccl=false to skip this check.")
+        elif (nccl.get("busbw_gbps") or 0) < cfg.recipe.nccl_busbw_floor_gbps:
+            problems.append(f"node {node}: NCCL all-reduce bus bandwidth is "
+                            f"{nccl.get('busbw_gbps')} GB/s, far below this recipe's floor of "
+                            f"{cfg.recipe.nccl_busbw_floor_gbps:g} GB/s (NVLink GPUs reach "
+                            f"hundreds); check `nvidia-smi topo -m` and nvidia-fabricmanager, "
+                            f"or remove {node} from `nodes`.")
     hp = probes[head]
     busy = [port for port, used in (hp.get("ports") or {}).items() if used]
     if busy:

@@ -77,6 +77,7 @@ class TrainConfig:
     cp_size: int
     nccl_nvls: str        # "auto" (seed: on when NVLink is present), "0" or "1"
     poll_interval: int
+    preflight_nccl: bool = False
     # supervision (docs/supervision.md); seconds
     unreachable_timeout_s: float = 600.0
     stall_timeout_s: float = 7200.0
@@ -188,6 +189,8 @@ class RunConfig:
                                                     p.get("extra_train_args") or []),
                 cp_size=cp, nccl_nvls=nvls,
                 poll_interval=v.check_int("poll_interval", p.get("poll_interval", 15), 1, 600),
+                preflight_nccl=(gpus > 1 if p.get("preflight_nccl") is None else
+                                v.check_bool("preflight_nccl", p.get("preflight_nccl"))),
                 unreachable_timeout_s=60 * _minutes("unreachable_timeout_minutes",
                                                     p.get("unreachable_timeout_minutes"), 10),
                 stall_timeout_s=60 * _minutes("stall_timeout_minutes",

@@ -99,6 +99,10 @@ def param_specs(recipe: Recipe) -> dict:
                                "8265 run code on the nodes: firewall it, or choose 127.0.0.1 "
                                "(slimeflow submits jobs from the head itself; reach the dashboard "
                                "through an SSH tunnel). See docs/security.md."),
+        "preflight_nccl": (None, {"type": ["null", "boolean"]}, "NCCL check in preflight",
+                           "Run an NCCL all-reduce over every GPU of each node in preflight and "
+                           "fail check_cluster when NCCL cannot start or the bus bandwidth is far "
+                           "below the recipe's floor. Empty: on when a node has more than one GPU."),
         "poll_interval": (15, {"type": "integer", "minimum": 1, "maximum": 600},
                           "Poll interval (s)", "How often train checks the job and copies its "
                           "log into the task log."),

@@ -37,6 +37,8 @@ def run_conf(cluster, **overrides) -> dict:
         "num_rollout": 4,
         "save_interval": 2,
         "poll_interval": 1,
+        # the simulated nodes have no CUDA: NCCL is proven on lent GPUs (docs/gpu-validation.md)
+        "preflight_nccl": False,
     }
     conf.update(overrides)
     return conf

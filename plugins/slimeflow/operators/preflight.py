@@ -21,6 +21,17 @@ class PreflightOperator(SlimeOperator):
         probe = self.run_json(cfg, builders.preflight(cfg, self.node), timeout=300)
         probe["node"] = self.node
         gpus = probe.get("gpus") or []
+        if cfg.train.preflight_nccl and len(gpus) > 1:
+            res = self.run_step(cfg, builders.nccl_check(cfg, self.node), check=False,
+                                timeout=300, log=None)
+            try:
+                probe["nccl"] = res.last_json()
+            except Exception:
+                probe["nccl"] = {"ok": False, "error": " | ".join(res.tail[-3:]) or
+                                 f"nccl_check exited {res.rc} without a result"}
+            self.log.info("[%s] NCCL all-reduce over %s GPUs: %s", self.node, len(gpus),
+                          f"{probe['nccl'].get('busbw_gbps')} GB/s bus bandwidth"
+                          if probe["nccl"].get("ok") else probe["nccl"].get("error"))
         self.log.info("[%s] %d x %s, driver %s, free disk %.1f GB, fla wy_fast: %s", self.node,
                       len(gpus), gpus[0]["name"] if gpus else "no GPU",
                       gpus[0].get("driver") if gpus else "-",

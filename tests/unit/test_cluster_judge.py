@@ -1,0 +1,110 @@
+"""check_cluster's judgement of the probes: one sentence per problem, naming the node and a fix."""
+import copy
+
+import pytest
+
+from slimeflow.cluster import ClusterError, judge
+from slimeflow.config import RunConfig
+
+GB = 10 ** 9
+
+
+def healthy_probe(name="NVIDIA H100 80GB HBM3", cc="9.0", n=8):
+    pkg = {"present": True, "version": "1"}
+    return {
+        "gpus": [{"index": i, "name": name, "compute_cap": cc, "memory_mib": 81559,
+                  "driver": "580.95.05"} for i in range(n)],
+        "gpu_error": None, "gpu_processes": [], "nvlink": True,
+        "torch": {"version": "2.8.0", "cuda": "12.8"},
+        "packages": {k: dict(pkg) for k in ("slime", "megatron", "ray", "sglang",
+                                            "causal_conv1d")}
+        | {"fla": {"present": True, "wy_fast": "unpatched"}},
+        "hf_cli": {"present": True, "path": "/usr/bin/hf", "version": "1.33.0"}, "disk": {"writable": True, "free_bytes": 5000 * GB},
+        "ram": {"total_bytes": 2000 * GB}, "ports": {"6379": False, "8265": False},
+        "hub": [{"type": "model", "repo": "Qwen/Qwen3-Next-80B-A3B-Thinking",
+                 "bytes": int(162.6 * GB), "files": 50}],
+        "nccl": {"ok": True, "busbw_gbps": 350.0, "world_size": 8},
+    }
+
+
+def cfg(nodes=1):
+    return RunConfig.from_params("qwen3-next-80b-a3b",
+                                 {"nodes": [f"gpu{i}" for i in range(nodes)]},
+                                 hosts=[f"10.0.0.{i + 1}" for i in range(nodes)])
+
+
+def problems(c, probes, shared=True):
+    with pytest.raises(ClusterError) as e:
+        judge(c, probes, shared, {})
+    return str(e.value)
+
+
+def test_a_healthy_two_node_cluster_gives_the_facts_later_steps_use():
+    c = cfg(2)
+    facts = judge(c, {"gpu0": healthy_probe(), "gpu1": healthy_probe()}, True, {})
+    assert facts["storage_shared"] and facts["nvlink"] and facts["cc_major"] == 9
+    assert facts["blackwell"] is False and facts["model_bytes_source"] == "hub"
+    # 162.6 GB HF + 162.6 GB torch_dist + 81.3e9 params x 13 bytes ≈ 1382 GB
+    assert 1370 * GB < facts["disk_needed_bytes"] < 1395 * GB
+
+
+def test_mixed_gpu_models_and_counts_name_the_node():
+    c = cfg(2)
+    text = problems(c, {"gpu0": healthy_probe(), "gpu1": healthy_probe("NVIDIA H200", n=4)})
+    assert "node gpu1 has 4 GPUs but gpus_per_node is 8" in text
+    assert "node gpu1 has NVIDIA H200 GPUs but gpu0 has NVIDIA H100 80GB HBM3" in text
+
+
+def test_old_driver_foreign_processes_and_busy_ports():
+    p = healthy_probe()
+    for g in p["gpus"]:
+        g["driver"] = "520.61.05"
+    p["gpu_processes"] = [{"pid": 4242, "name": "python3", "used_mib": 30000}]
+    p["ports"]["8265"] = True
+    text = problems(cfg(), {"gpu0": p})
+    assert "node gpu0 runs NVIDIA driver 520.61.05, too old for compute capability 9.0" in text
+    assert "pid 4242 python3 using 30000 MiB" in text and "never kills" in text
+    assert "port(s) 8265" in text
+
+
+def test_not_enough_disk_states_the_sizes_and_the_fix():
+    p = healthy_probe()
+    p["disk"]["free_bytes"] = 500 * GB
+    text = problems(cfg(), {"gpu0": p})
+    assert "node gpu0 has 500.0 GB free" in text and "needs about 1382" in text
+    assert "choose a base_folder on a larger volume" in text
+
+
+def test_unshared_storage_on_two_nodes():
+    c = cfg(2)
+    text = problems(c, {"gpu0": healthy_probe(), "gpu1": healthy_probe()}, shared=["gpu1"])
+    assert "node gpu1 cannot see the marker the head wrote" in text
+
+
+@pytest.mark.parametrize("nccl,expect", [
+    ({"ok": False, "error": "NCCL error: unhandled system error"},
+     "node gpu0: NCCL could not run an all-reduce over its GPUs (NCCL error: unhandled system "
+     "error)"),
+    ({"ok": True, "busbw_gbps": 12.5},
+     "node gpu0: NCCL all-reduce bus bandwidth is 12.5 GB/s, far below this recipe's floor of "
+     "100 GB/s"),
+])
+def test_preflight_nccl_failures(nccl, expect):
+    p = healthy_probe()
+    p["nccl"] = nccl
+    assert expect in problems(cfg(), {"gpu0": p})
+
+
+def test_nccl_skipped_or_absent_is_not_a_problem():
+    p = healthy_probe()
+    p["nccl"] = {"ok": True, "skipped": "single GPU"}
+    judge(cfg(), {"gpu0": p}, True, {})
+    del p["nccl"]
+    judge(cfg(), {"gpu0": copy.deepcopy(p)}, True, {})
+
+
+def test_preflight_nccl_defaults_on_with_several_gpus():
+    assert cfg().train.preflight_nccl is True
+    off = RunConfig.from_params("qwen3-next-80b-a3b", {"nodes": ["g"], "preflight_nccl": False},
+                                hosts=["h"])
+    assert off.train.preflight_nccl is False
