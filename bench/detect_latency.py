@@ -26,6 +26,7 @@ from tests.integration.test_supervision import (DAG, LiveAirflow, PORT, latest_i
                                                 wait_training)
 from tests.simcluster.airflow_run import VENV_BIN, airflow_env, run_conf  # noqa: E402
 from tests.simcluster.cluster import SimCluster  # noqa: E402
+from tests.e2e.loopback import WebhookSink  # noqa: E402
 
 
 def main():
@@ -46,9 +47,12 @@ def main():
                 "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": "0"})
     subprocess.run([str(VENV_BIN / "airflow"), "db", "migrate"], env=env, check=True,
                    capture_output=True)
+    # the failure alert goes to a loopback Slack webhook; its arrival is timed after the failure
+    sink = WebhookSink().__enter__()
+    env["AIRFLOW_CONN_SLIMEFLOW_SLACK"] = sink.conn_json()
     af = LiveAirflow(env, home)
     af.cluster = cluster
-    results = {}
+    results, alerts = {}, {}
     try:
         af.up()
         for poll in a.poll:
@@ -64,18 +68,32 @@ def main():
                 time.sleep(poll * (i / a.runs))  # spread the kill over the poll cycle
                 cluster.fault("kill-trainer", node=0)
                 t0 = time.time()
+                seen = len(sink.posts)
                 af.wait_ti(run_id, "train", "failed", poll + 60)
-                lat.append(time.time() - t0)
-                print(f"poll {poll:>2}s run {i + 1}: {lat[-1]:.1f} s", flush=True)
+                t1 = time.time()
+                lat.append(t1 - t0)
+                end = t1 + 30
+                while len(sink.posts) <= seen and time.time() < end:
+                    time.sleep(0.05)
+                got = len(sink.posts) > seen
+                if got:
+                    alerts.setdefault(poll, []).append(time.time() - t1)
+                print(f"poll {poll:>2}s run {i + 1}: {lat[-1]:.1f} s; alert "
+                      f"{'+%.1f s later' % alerts[poll][-1] if got else 'not received in 30 s'}",
+                      flush=True)
             af.wait_run(run_id, 120)
             results[poll] = lat
     finally:
         af.down()
         cluster.down()
+        sink.__exit__()
     print("\n| poll_interval | runs | median | min | max |\n|---|---|---|---|---|")
     for poll, lat in results.items():
         print(f"| {poll} s | {len(lat)} | {statistics.median(lat):.1f} s | {min(lat):.1f} s | "
               f"{max(lat):.1f} s |")
+    print("\n| poll_interval | alerts | median after the failure | max |\n|---|---|---|---|")
+    for poll, d in alerts.items():
+        print(f"| {poll} s | {len(d)} | {statistics.median(d):.2f} s | {max(d):.2f} s |")
 
 
 if __name__ == "__main__":
