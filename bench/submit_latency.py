@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "plugins")]
 
-from tests.integration.test_supervision import DAG, LiveAirflow, PORT  # noqa: E402
+from tests.integration.test_supervision import LiveAirflow, PORT  # noqa: E402
 from tests.simcluster.airflow_run import VENV_BIN, airflow_env, run_conf  # noqa: E402
 from tests.simcluster.cluster import SimCluster  # noqa: E402
 

@@ -30,8 +30,9 @@ import subprocess
 import sys
 
 WY_FAST_REL = os.path.join("fla", "ops", "gated_delta_rule", "wy_fast.py")
-UNPATCHED_LINE = "b_dk += tl.dot(tl.trans(b_dA), b_kb)"
-PATCH_MARKER = "slimeflow: sm100 fusion barrier"
+# probe.py travels in the same folder: one definition of what "patched" means
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from probe import PATCH_MARKER, UNPATCHED_LINE, classify_wy_fast  # noqa: E402,F401
 GIT_TIMEOUT = 60
 
 # Variables that would make git look at some other repository than the fla directory.
@@ -40,18 +41,6 @@ _GIT_REPO_ENV = (
     "GIT_ALTERNATE_OBJECT_DIRECTORIES", "GIT_COMMON_DIR", "GIT_NAMESPACE", "GIT_PREFIX",
     "GIT_DISCOVERY_ACROSS_FILESYSTEM",
 )
-
-
-def classify_wy_fast(text):
-    """Classify the content of wy_fast.py (None = the file is missing)."""
-    if text is None:
-        return "unknown"
-    if PATCH_MARKER in text:
-        return "patched"
-    for line in text.splitlines():
-        if line.strip() == UNPATCHED_LINE:
-            return "unpatched"
-    return "absent"
 
 
 def find_fla_root(explicit=None):

@@ -252,8 +252,7 @@ def _entry_token(tok: str) -> str:
     return quoted
 
 
-def ray_job_submit(cfg: RunConfig, sub_id: str, facts: dict | None = None,
-                   secret_env_names=()) -> Step:
+def ray_job_submit(cfg: RunConfig, sub_id: str, facts: dict | None = None) -> Step:
     renv = runtime_env(cfg, facts)
     entry = ["python3", "train.py", *train_args(cfg, facts)]
     # Ray joins the entrypoint into one shell line on the head; quote each token so that what

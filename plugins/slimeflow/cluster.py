@@ -147,8 +147,8 @@ def judge(cfg: RunConfig, probes: dict, storage_shared, present: dict | None = N
                             f"({torch.get('error') or 'not installed'}); use the slime image's "
                             f"Python.")
         hf = p.get("hf_cli") or {}
-        if node != head and storage_shared:
-            pass  # only the head downloads
+        if node != head and storage_shared is True:
+            pass  # with shared storage only the head downloads, so only it needs `hf`
         elif not hf.get("present"):
             problems.append(f"node {node} has no `hf` CLI on PATH; install huggingface_hub>=1.0 "
                             f"(`pip install -U huggingface_hub`) in the node's Python.")
