@@ -1,31 +1,44 @@
-"""The simulated GPU cluster's node layer: N real sshd's on loopback (stdlib + paramiko only).
+"""The simulated GPU cluster's node layer: N small hosts made of Linux namespaces (stdlib only;
+paramiko for the test helpers).
+
+Each node is a real little host (see docs/internals.md):
+
+- its own network namespace, joined by a veth pair to this cluster's own bridge ``sfbr<X>``,
+  with the address ``10.231.<X>.<11+i>/24``. The host side of the bridge is ``10.231.<X>.1``
+  (the hub listens there). Nodes have no default route and the host does no forwarding or NAT
+  for them, so no packet leaves the machine. ``<X>`` is claimed per cluster under
+  /run/slimeflow-sim/, so two clusters on one machine never share a bridge or a subnet;
+- its own PID, mount and UTS namespaces (tests/simcluster/node_init.py is its PID 1): a
+  hostname, a private ``/tmp`` and ``/dev/shm``, a process table in which `ray stop` sees only
+  this node, and 32 CPUs as Ray counts them;
+- sshd on port 22 at its address, key-only, with its own host key (pinned in AIRFLOW_CONN_*);
+- real Ray, which the DAG starts with the seed's command lines (``.venv/bin/ray``).
 
 Layout of a state folder ``DIR`` (all paths absolute, ``DIR`` resolved):
 
     DIR/sim.json          facts for the stand-ins (nodes, gpu, gpus_per_node, rollout_seconds, storage, ...)
-    DIR/cluster.json      the same facts for Python tests (nodes: conn_id, host, port, host_key, root, ...)
+    DIR/cluster.json      the same facts for Python tests (nodes: conn_id, host, port, host_key, init_pid, ...)
     DIR/env.sh            AIRFLOW_CONN_SIM_NODE_<I>, SIMCLUSTER_DIR, SIM_BASE_FOLDER, SIM_SLIME_DIR, ...
     DIR/id_ed25519        the one client key accepted by every node (root login)
-    DIR/bin/              nvidia-smi stand-in, ray stand-in (copied from tests/simcluster/bin/)
+    DIR/hosts             /etc/hosts of every node
+    DIR/bin/              nvidia-smi stand-in
     DIR/site/             PYTHONPATH of every session: real flash-linear-attention 0.4.0 (+ fla-core),
-                          stand-in dist-infos for sglang, causal_conv1d, triton, ray, slime
+                          stand-in dist-infos for sglang, causal_conv1d, triton, slime
     DIR/slime/            slime_dir (git repo): train.py, tools/convert_hf_to_torch_dist.py, scripts/
     DIR/Megatron-LM/      megatron_dir (git repo)
-    DIR/base/             base_folder (what every node sees at that path)
+    DIR/base/             base_folder: shared storage, the same folder at the same path on every node
     DIR/hub.json          written by the hub (tests.simcluster.hub) once it listens
-    DIR/nodes/<i>/        sshd_config, host key, sshd.log, sshd.pid, gpu.json, gpu_procs.json,
-                          home/ (HOME of sessions), ray/ (RAY_TMPDIR),
-                          base/ (the node's private disk with local storage), ns/mnt (its mount ns)
+    DIR/nodes/<i>/        spec.json, init.log, sshd_config, host key, sshd.log, gpu.json, gpu_procs.json,
+                          home/ (HOME of sessions), tmp/ (the node's /tmp: Ray's logs are in tmp/ray),
+                          base/ (the node's own disk with local storage)
 
 Sessions on node i get (sshd ``SetEnv``): PATH, HOME=DIR/nodes/<i>/home, HF_ENDPOINT, PYTHONPATH,
-SIMCLUSTER_DIR, SIMCLUSTER_NODE, RAY_TMPDIR. HOME is per node because root's real ~/.bashrc (which
-bash sources for ssh commands) may rewrite PATH (pyenv, cargo); with our own HOME the SetEnv PATH
+SIMCLUSTER_DIR, SIMCLUSTER_NODE. HOME is per node because root's real ~/.bashrc (which bash
+sources for ssh commands) may rewrite PATH (pyenv, cargo); with our own HOME the SetEnv PATH
 stays what the contract says, and each node gets its own ~/.cache like a real machine.
 
-Every process the cluster starts carries ``SIMCLUSTER_DIR=DIR`` and either ``SIMCLUSTER_NODE=<i>``
-(sshd's and everything started through SSH) or ``SIMCLUSTER_ROLE`` (the hub). :func:`procs_of` finds
-them through ``/proc/<pid>/environ``; client processes that merely export ``SIMCLUSTER_DIR`` (from
-env.sh) are not counted and never killed.
+A node's processes are the processes of its PID namespace (:func:`procs_of`); the hub carries
+``SIMCLUSTER_ROLE=hub`` in its environment. Nothing else on the machine is ever signalled.
 """
 from __future__ import annotations
 
@@ -38,7 +51,6 @@ import shlex
 import shutil
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import time
@@ -49,6 +61,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 PKG = Path(__file__).resolve().parent
 SSHD = "/usr/sbin/sshd"
+SSH_PORT = 22
+NET_PREFIX = "10.231"      # this project's test range: 10.231.<X>.0/24, one <X> per cluster
+NET_REGISTRY = Path(os.environ.get("SIMCLUSTER_NET_REGISTRY", "/run/slimeflow-sim"))
+NODE_CPUS = 32             # what Ray counts on a node (a GPU node has dozens of cores)
 
 GPUS = {
     "H100": {"name": "NVIDIA H100 80GB HBM3", "compute_cap": "9.0", "memory_total_mib": 81559},
@@ -59,12 +75,13 @@ DEFAULT_DRIVER = "580.95.05"
 FLA_VERSION = "0.4.0"
 FLA_PACKAGES = ["flash-linear-attention==0.4.0", "fla-core==0.4.0"]  # 0.4.0 keeps fla/ops in fla-core
 FLA_UNPATCHED = "b_dk += tl.dot(tl.trans(b_dA), b_kb)"
-STANDIN_DISTS = {"sglang": "0.5.6", "causal_conv1d": "1.5.4", "triton": "3.4.0", "ray": "2.49.0",
-                 "slime": "0.2.0"}
+# ray is real (the venv's); these need GPUs, so only their metadata is on the nodes
+STANDIN_DISTS = {"sglang": "0.5.6", "causal_conv1d": "1.5.4", "triton": "3.4.0", "slime": "0.2.0"}
 MEGATRON_VERSION = (0, 14, 0, "rc0")
 CACHE_DIR = Path(os.environ.get("SLIMEFLOW_SIM_CACHE", "~/.cache/slimeflow-sim")).expanduser()
-FAULTS = ("drop-ssh", "restart-sshd", "vanish-head", "kill-trainer", "hang-trainer", "resume-trainer",
-          "corrupt-shard", "fill-disk", "unfill-disk", "foreign-gpu-proc")
+FAULTS = ("drop-ssh", "restart-sshd", "vanish-node", "vanish-head", "reboot-node", "kill-actor",
+          "kill-trainer", "hang-trainer", "resume-trainer", "corrupt-shard", "fill-disk", "unfill-disk",
+          "foreign-gpu-proc")
 FILL_NAME = ".simcluster-fill"
 FOREIGN_ARG = "86399"  # `sleep 86399`: the foreign GPU process
 
@@ -82,8 +99,9 @@ def cuda_for_driver(driver: str) -> str:
     return "11.0"
 
 
-def node_host(i: int) -> str:
-    return f"127.0.0.{11 + i}"
+def subnet_host(x: int, i: int | None = None) -> str:
+    """The bridge's own address (i None) or node i's, in cluster subnet <x>."""
+    return f"{NET_PREFIX}.{x}.{1 if i is None else 11 + i}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -95,6 +113,7 @@ class Proc:
     role: str | None
     cmdline: list[str] = field(default_factory=list)
     state: str = "?"
+    ns_pid: int | None = None   # the pid as the node itself sees it
 
 
 def _environ(pid: int) -> dict[str, str] | None:
@@ -137,98 +156,63 @@ def _exe(pid: int) -> str:
         return ""
 
 
-def _tcp_sockets(addrs: dict) -> dict[int, tuple[int, str]]:
-    """inode -> (node, "listen"|"conn") for TCP sockets whose LOCAL address is one of `addrs`
-    ({(ip, port): node})."""
-    out = {}
+def _pidns(pid: int) -> str | None:
     try:
-        lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+        return os.readlink(f"/proc/{pid}/ns/pid")
     except OSError:
-        return out
-    for line in lines:
-        f = line.split()
-        if len(f) < 10:
-            continue
-        hip, hport = f[1].split(":")
-        ip = socket.inet_ntoa(struct.pack("<I", int(hip, 16)))
-        key = (ip, int(hport, 16))
-        if key in addrs and f[9] != "0":
-            out[int(f[9])] = (addrs[key], "listen" if f[3] == "0A" else "conn")
-    return out
+        return None
 
 
-def _sshd_procs(state_dir: str, nodes: list[dict]) -> list[Proc]:
-    """sshd overwrites its environ with its process title, so the environ tag cannot find it.
-    Its processes are found instead as holders of node sockets (the listener holds the LISTEN
-    socket, every per-connection sshd its connection) plus the pid files."""
-    addrs = {(n["host"], int(n["port"])): int(n["index"]) for n in nodes}
-    inodes = _tcp_sockets(addrs)
-    cfg_re = re.compile(re.escape(state_dir) + r"/nodes/(\d+)/sshd_config\b")
-    found: dict[int, Proc] = {}
-    for ent in os.listdir("/proc"):
-        if not ent.isdigit():
-            continue
-        pid = int(ent)
-        if _exe(pid) != SSHD:
-            continue
-        cmd = _cmdline(pid)
-        node = role = None
-        m = cfg_re.search(" ".join(cmd))
-        if m:  # the listener keeps its command line in its title
-            node, role = int(m.group(1)), "sshd"
-        else:
-            try:
-                fds = os.listdir(f"/proc/{pid}/fd")
-            except OSError:
-                continue
-            for fd in fds:
-                try:
-                    link = os.readlink(f"/proc/{pid}/fd/{fd}")
-                except OSError:
-                    continue
-                if link.startswith("socket:["):
-                    hit = inodes.get(int(link[8:-1]))
-                    if hit:
-                        node, role = hit[0], "sshd" if hit[1] == "listen" else "sshd-session"
-                        if hit[1] == "listen":
-                            break
-        if node is None:
-            continue
-        st = _pstate(pid)
-        if st not in ("X", "Z"):
-            found[pid] = Proc(pid, node, role, cmd, st)
-    return list(found.values())
+def ns_pid(pid: int) -> int | None:
+    """The pid of host process `pid` inside its own (innermost) PID namespace."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("NSpid:"):
+                return int(line.split()[-1])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _role(pid: int, cmd: list[str], init_pid: int) -> str:
+    if pid == init_pid:
+        return "init"
+    if _exe(pid) == SSHD:
+        return "sshd" if "[listener]" in " ".join(cmd) or "-f" in cmd else "sshd-session"
+    return "proc"
 
 
 def procs_of(state_dir, node: int | None = None) -> list[Proc]:
-    """Every live process of the cluster in ``state_dir``: those whose environ has
-    SIMCLUSTER_DIR=DIR and SIMCLUSTER_NODE or SIMCLUSTER_ROLE (hub, everything started through
-    SSH), plus the nodes' sshd processes (role "sshd" for listeners, "sshd-session" per
-    connection), which cannot be tagged (see :func:`_sshd_procs`)."""
-    d = str(Path(state_dir).resolve())
+    """Every live process of the cluster in ``state_dir``: the processes of each node's PID
+    namespace (role "init" for its PID 1, "sshd" for the listener, "sshd-session" per
+    connection, else "proc") and the hub (``SIMCLUSTER_ROLE=hub``)."""
+    d = Path(state_dir).resolve()
+    try:
+        nodes = json.loads((d / "cluster.json").read_text())["nodes"]
+    except (OSError, ValueError, KeyError):
+        nodes = []
+    ns = {}
+    for n in nodes:
+        init = n.get("init_pid")
+        if init and alive(init) and _pidns(init):
+            ns[_pidns(init)] = (int(n["index"]), init)
     out = []
     me = os.getpid()
     for ent in os.listdir("/proc"):
         if not ent.isdigit() or int(ent) == me:
             continue
         pid = int(ent)
-        env = _environ(pid)
-        if not env or env.get("SIMCLUSTER_DIR") != d:
-            continue
-        n, role = env.get("SIMCLUSTER_NODE"), env.get("SIMCLUSTER_ROLE")
-        if n is None and role is None:
-            continue
         st = _pstate(pid)
         if st in ("X", "Z"):
             continue
-        nn = int(n) if n is not None and n.isdigit() else None
-        out.append(Proc(pid, nn, role, _cmdline(pid), st))
-    try:
-        nodes = json.loads((Path(d) / "cluster.json").read_text())["nodes"]
-    except (OSError, ValueError, KeyError):
-        nodes = []
-    seen = {p.pid for p in out}
-    out += [p for p in _sshd_procs(d, nodes) if p.pid not in seen]
+        hit = ns.get(_pidns(pid))
+        if hit:
+            cmd = _cmdline(pid)
+            out.append(Proc(pid, hit[0], _role(pid, cmd, hit[1]), cmd, st, ns_pid(pid)))
+        elif node is None:
+            env = _environ(pid)
+            if env and env.get("SIMCLUSTER_DIR") == str(d) and env.get("SIMCLUSTER_ROLE") == "hub":
+                out.append(Proc(pid, None, "hub", _cmdline(pid), st))
     if node is not None:
         out = [p for p in out if p.node == node]
     return out
@@ -252,7 +236,7 @@ def _wait_dead(pids, timeout: float) -> list[int]:
 
 
 def _reap() -> None:
-    """Reap our own exited children (sshd's started by this process) so they don't linger."""
+    """Reap our own exited children (node launchers, the hub) so they don't linger."""
     while True:
         try:
             pid, _ = os.waitpid(-1, os.WNOHANG)
@@ -280,32 +264,11 @@ def _wait_port(host, port, want_open: bool, timeout: float) -> bool:
         time.sleep(0.01)
 
 
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
 def _run(cmd, **kw) -> subprocess.CompletedProcess:
     r = subprocess.run(cmd, capture_output=True, text=True, **kw)
     if r.returncode != 0:
         raise SimClusterError(f"{shlex.join(map(str, cmd))} failed ({r.returncode}): {r.stderr.strip()}")
     return r
-
-
-def _ismount(p: Path) -> bool:
-    """Also true for a bind mount of a folder onto itself (os.path.ismount misses those)."""
-    target = str(Path(p).absolute())
-    try:
-        lines = Path("/proc/self/mountinfo").read_text().splitlines()
-    except OSError:
-        return os.path.ismount(p)
-    for line in lines:
-        mp = line.split()[4]
-        mp = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), mp)
-        if mp == target:
-            return True
-    return False
 
 
 def _write(path: Path, text: str, mode: int | None = None) -> None:
@@ -319,6 +282,93 @@ def _write(path: Path, text: str, mode: int | None = None) -> None:
 def _write_json(path: Path, obj) -> None:
     _write(path, json.dumps(obj, indent=2) + "\n")
 
+
+# --------------------------------------------------------------------------------------------
+# the network: one bridge and one /24 per cluster
+def check_namespaces() -> None:
+    """One sentence saying what is missing when this machine cannot make namespaced nodes."""
+    if os.geteuid() != 0:
+        raise SimClusterError("the simulated cluster needs root: each node is made of network, PID, "
+                              "mount and UTS namespaces; run `make test` / `make demo` as root")
+    for tool in ("unshare", "nsenter", "ip"):
+        if not shutil.which(tool):
+            raise SimClusterError(f"the simulated cluster needs `{tool}` (Debian packages util-linux "
+                                  f"and iproute2); install it and retry")
+    r = subprocess.run(["unshare", "--net", "--pid", "--mount", "--uts", "--fork", "true"],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SimClusterError("the simulated cluster needs permission to create network, PID, mount "
+                              f"and UTS namespaces, and this machine refused ({r.stderr.strip()}); run "
+                              "it as root on a host or in a privileged container")
+
+
+def _bridge_exists(name: str) -> bool:
+    return Path(f"/sys/class/net/{name}").exists()
+
+
+def _claim_subnet(state_dir: Path) -> int:
+    """A free <X> for 10.231.<X>.0/24 and bridge sfbr<X>, claimed by mkdir (atomic); claims of
+    clusters whose nodes are all dead (a killed test) are collected first."""
+    NET_REGISTRY.mkdir(parents=True, exist_ok=True)
+    for entry in NET_REGISTRY.iterdir():
+        if entry.name.isdigit():
+            _collect_stale(entry)
+    for x in range(1, 255):
+        claim = NET_REGISTRY / str(x)
+        if _bridge_exists(f"sfbr{x}"):
+            continue
+        try:
+            claim.mkdir()
+        except FileExistsError:
+            continue
+        (claim / "owner").write_text(str(state_dir) + "\n")
+        return x
+    raise SimClusterError(f"no free test subnet {NET_PREFIX}.1-254.0/24: every one is claimed under "
+                          f"{NET_REGISTRY}; take some clusters down")
+
+
+def _collect_stale(claim: Path) -> None:
+    try:
+        owner = Path(claim.joinpath("owner").read_text().strip())
+        info = json.loads((owner / "cluster.json").read_text())
+        if info.get("net", {}).get("x") == int(claim.name) and any(
+                alive(n.get("init_pid") or 0) for n in info["nodes"]):
+            return
+        if (owner / "cluster.starting").exists() and \
+                alive(int((owner / "cluster.starting").read_text() or 0)):
+            return
+    except (OSError, ValueError, KeyError):
+        if claim.joinpath("owner").exists() and time.time() - claim.stat().st_mtime < 120:
+            return  # being claimed right now
+    _teardown_net(int(claim.name))
+
+
+def _iptables_rule(bridge: str) -> list[str]:
+    return ["FORWARD", "-i", bridge, "-o", bridge, "-j", "ACCEPT"]
+
+
+def _teardown_net(x: int) -> None:
+    bridge = f"sfbr{x}"
+    if shutil.which("iptables"):
+        while subprocess.run(["iptables", "-D", *_iptables_rule(bridge)], capture_output=True).returncode == 0:
+            pass
+    if _bridge_exists(bridge):
+        subprocess.run(["ip", "link", "del", bridge], capture_output=True)
+    shutil.rmtree(NET_REGISTRY / str(x), ignore_errors=True)
+
+
+def _make_bridge(x: int) -> str:
+    bridge = f"sfbr{x}"
+    _run(["ip", "link", "add", bridge, "type", "bridge"])
+    _run(["ip", "addr", "add", f"{subnet_host(x)}/24", "dev", bridge])
+    _run(["ip", "link", "set", bridge, "up"])
+    # dockerd sets the FORWARD policy to DROP with bridge-nf-call-iptables=1, which also drops
+    # node-to-node frames on a plain bridge; let traffic pass within this bridge and nowhere else
+    if shutil.which("iptables"):
+        pol = subprocess.run(["iptables", "-S", "FORWARD"], capture_output=True, text=True)
+        if pol.returncode == 0 and "-P FORWARD DROP" in pol.stdout:
+            _run(["iptables", "-I", *_iptables_rule(bridge)])
+    return bridge
 
 # --------------------------------------------------------------------------------------------
 # layout pieces
@@ -490,6 +540,8 @@ def _setenv_value(v: str) -> str:
     return f'"{v}"' if any(c.isspace() for c in v) else v
 
 
+
+
 # --------------------------------------------------------------------------------------------
 class SimCluster:
     """A simulated cluster living in ``state_dir``. ``SimCluster.up(...)`` starts one;
@@ -541,12 +593,24 @@ class SimCluster:
     def hub_url(self) -> str | None:
         return self.info.get("hub_url")
 
+    @property
+    def bridge(self) -> str:
+        return self.info["net"]["bridge"]
+
     def node_dir(self, i: int) -> Path:
         return self.dir / "nodes" / str(i)
 
+    def node_tmp(self, i: int) -> Path:
+        """Node i's /tmp, as this (host) process sees it."""
+        return self.node_dir(i) / "tmp"
+
     def node_base(self, i: int) -> Path:
         """Where this (host) process sees node i's base_folder."""
-        return self.node_dir(i) / "base" if self.info["storage"] == "local" else self.base_folder
+        if self.info["storage"] != "local":
+            return self.base_folder
+        if self.info.get("disk_mb"):  # a tmpfs mounted inside the node: reach it through its root
+            return Path(f"/proc/{self.nodes[i]['init_pid']}/root") / str(self.base_folder).lstrip("/")
+        return self.node_dir(i) / "base"
 
     def env(self) -> dict[str, str]:
         return dict(self.info["env"])
@@ -555,9 +619,10 @@ class SimCluster:
     @classmethod
     def up(cls, state_dir, nodes: int = 1, gpu: str = "H100", gpus_per_node: int = 8,
            storage: str = "shared", disk_mb: int | None = None, driver: str = DEFAULT_DRIVER,
-           rollout_seconds: float = 0.5, hub: bool = True) -> "SimCluster":
+           rollout_seconds: float = 0.5, hub: bool = True, owner_pid: int | None = None) -> "SimCluster":
+        """`owner_pid`: tear the cluster down when that process dies (a killed test)."""
         self = cls(state_dir)
-        self._up(nodes, gpu, gpus_per_node, storage, disk_mb, driver, rollout_seconds, hub)
+        self._up(nodes, gpu, gpus_per_node, storage, disk_mb, driver, rollout_seconds, hub, owner_pid)
         return self
 
     def __enter__(self):
@@ -567,15 +632,14 @@ class SimCluster:
         self.down()
 
     def running(self) -> bool:
-        if procs_of(self.dir):
-            return True
         try:
-            nodes = json.loads((self.dir / "cluster.json").read_text())["nodes"]
-        except (OSError, ValueError, KeyError):
+            info = json.loads((self.dir / "cluster.json").read_text())
+        except (OSError, ValueError):
             return False
-        return any(port_open(n["host"], n["port"]) for n in nodes)
+        return any(alive(n.get("init_pid") or 0) and _pidns(n["init_pid"]) != _pidns(os.getpid())
+                   for n in info.get("nodes", []))
 
-    def _up(self, n_nodes, gpu, gpus_per_node, storage, disk_mb, driver, rollout_seconds, hub):
+    def _up(self, n_nodes, gpu, gpus_per_node, storage, disk_mb, driver, rollout_seconds, hub, owner_pid):
         t0 = time.monotonic()
         if gpu not in GPUS:
             raise SimClusterError(f"--gpu must be one of {', '.join(GPUS)}, not {gpu!r}")
@@ -585,86 +649,101 @@ class SimCluster:
             raise SimClusterError("--nodes must be between 1 and 200")
         if disk_mb is not None:
             storage = "local"
+        check_namespaces()
         ensure_sshd()
         d = self.dir
         d.mkdir(parents=True, exist_ok=True)
         if self.running():
             raise SimClusterError(f"a simulated cluster is already running in {d}; "
                                   f"run `python -m tests.simcluster down --state-dir {d}` first")
-        self._unmount_all()  # leftovers of a cluster that was never taken down
+        _write(d / "cluster.starting", f"{os.getpid()}\n")
         (d / "cluster.json").unlink(missing_ok=True)
         for sub in ("base", "nodes"):
             (d / sub).mkdir(exist_ok=True)
-
-        # 1. the hub (slowest to start), in the background
+        x = _claim_subnet(d)
+        net = {"x": x, "bridge": f"sfbr{x}", "subnet": f"{NET_PREFIX}.{x}.0/24", "host": subnet_host(x)}
         hub_proc = None
-        (d / "hub.json").unlink(missing_ok=True)
-        if hub and (PKG / "hub.py").exists():
-            env = {k: v for k, v in os.environ.items() if not k.startswith("SIMCLUSTER_")}
-            env.update(PYTHONPATH=str(REPO), SIMCLUSTER_DIR=str(d), SIMCLUSTER_ROLE="hub")
-            with open(d / "hub.log", "ab") as log:
-                hub_proc = subprocess.Popen(
-                    [sys.executable, "-m", "tests.simcluster.hub", "--state-dir", str(d), "--port", "0"],
-                    cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                    start_new_session=True)
-            (d / "hub.pid").write_text(f"{hub_proc.pid}\n")
-
-        # 2. keys and the file layout, in parallel
-        keygens = [_keygen(d / "id_ed25519", "simcluster-client")]
-        for i in range(n_nodes):
-            nd = self.node_dir(i)
-            nd.mkdir(parents=True, exist_ok=True)
-            keygens.append(_keygen(nd / "ssh_host_ed25519_key", f"simcluster-node-{i}"))
-        with ThreadPoolExecutor(4) as ex:
-            futs = [ex.submit(_build_site, d / "site"), ex.submit(_build_slime, d / "slime"),
-                    ex.submit(_build_megatron, d / "Megatron-LM"), ex.submit(_build_bin, d / "bin")]
-            for p in keygens:
-                if p is not None and p.wait() != 0:
-                    raise SimClusterError(f"ssh-keygen failed: {p.stderr.read().decode()}")
-            for f in futs:
-                f.result()
-
-        gpu_facts = GPUS[gpu]
-        sim = {"nodes": n_nodes, "gpu": gpu, "gpus_per_node": gpus_per_node,
-               "rollout_seconds": rollout_seconds, "storage": storage, "disk_mb": disk_mb,
-               "driver": driver, "state_dir": str(d), "repo": str(REPO),
-               "base_folder": str(d / "base"), "slime_dir": str(d / "slime"),
-               "megatron_dir": str(d / "Megatron-LM"), "site": str(d / "site")}
-        for i in range(n_nodes):
-            nd = self.node_dir(i)
-            for sub in ("home", "ray"):
-                (nd / sub).mkdir(exist_ok=True)
-            tag = hashlib.sha1(f"{d}/{i}".encode()).hexdigest()
-            uuids = [f"GPU-{tag[:8]}-{tag[8:12]}-{tag[12:16]}-{tag[16:20]}-{tag[20:28]}{g:04x}"
-                     for g in range(gpus_per_node)]
-            _write_json(nd / "gpu.json", dict(gpu_facts, gpu=gpu, count=gpus_per_node,
-                                              driver_version=driver, cuda_version=cuda_for_driver(driver),
-                                              nvlink=True, uuids=uuids, driver_loaded=True))
-            _write_json(nd / "gpu_procs.json", [])
-            (nd / "foreign.pids").unlink(missing_ok=True)
-
-        # 3. wait for the hub's url (sessions get it through SetEnv)
-        hub_url = None
-        if hub_proc is not None:
-            end = time.monotonic() + 60
-            while not (d / "hub.json").exists():
-                if hub_proc.poll() is not None or time.monotonic() > end:
-                    log = (d / "hub.log").read_text(errors="replace")[-2000:]
-                    raise SimClusterError(f"the hub did not start (see {d / 'hub.log'}):\n{log}")
-                time.sleep(0.01)
-            hub_url = json.loads((d / "hub.json").read_text())["url"]
-        sim["hub_url"] = hub_url
-        _write_json(d / "sim.json", sim)
-
-        # 4. the nodes
-        client_pub = (d / "id_ed25519.pub").read_text()
-        _write(d / "authorized_keys", client_pub)
-        os.chmod(d / "id_ed25519", 0o600)
         try:
-            nodes = self._start_nodes(n_nodes, storage, disk_mb, hub_url)
+            _make_bridge(x)
+            # 1. the hub (slowest to start), in the background, on the bridge's host address
+            (d / "hub.json").unlink(missing_ok=True)
+            if hub and (PKG / "hub.py").exists():
+                env = {k: v for k, v in os.environ.items() if not k.startswith("SIMCLUSTER_")}
+                env.update(PYTHONPATH=str(REPO), SIMCLUSTER_DIR=str(d), SIMCLUSTER_ROLE="hub")
+                with open(d / "hub.log", "ab") as log:
+                    hub_proc = subprocess.Popen(
+                        [sys.executable, "-m", "tests.simcluster.hub", "--state-dir", str(d), "--port", "0",
+                         "--host", net["host"]],
+                        cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                        start_new_session=True)
+                (d / "hub.pid").write_text(f"{hub_proc.pid}\n")
+
+            # 2. keys and the file layout, in parallel
+            keygens = [_keygen(d / "id_ed25519", "simcluster-client")]
+            for i in range(n_nodes):
+                nd = self.node_dir(i)
+                nd.mkdir(parents=True, exist_ok=True)
+                keygens.append(_keygen(nd / "ssh_host_ed25519_key", f"simcluster-node-{i}"))
+            with ThreadPoolExecutor(4) as ex:
+                futs = [ex.submit(_build_site, d / "site"), ex.submit(_build_slime, d / "slime"),
+                        ex.submit(_build_megatron, d / "Megatron-LM"), ex.submit(_build_bin, d / "bin")]
+                for p in keygens:
+                    if p is not None and p.wait() != 0:
+                        raise SimClusterError(f"ssh-keygen failed: {p.stderr.read().decode()}")
+                for f in futs:
+                    f.result()
+
+            gpu_facts = GPUS[gpu]
+            sim = {"nodes": n_nodes, "gpu": gpu, "gpus_per_node": gpus_per_node,
+                   "rollout_seconds": rollout_seconds, "storage": storage, "disk_mb": disk_mb,
+                   "driver": driver, "state_dir": str(d), "repo": str(REPO),
+                   "base_folder": str(d / "base"), "slime_dir": str(d / "slime"),
+                   "megatron_dir": str(d / "Megatron-LM"), "site": str(d / "site"), "net": net}
+            hosts = ["127.0.0.1\tlocalhost", f"{net['host']}\tsimcluster-host"]
+            for i in range(n_nodes):
+                nd = self.node_dir(i)
+                for sub in ("home", "tmp", "base"):
+                    (nd / sub).mkdir(exist_ok=True)
+                shutil.rmtree(nd / "tmp" / "ray", ignore_errors=True)  # a fresh boot: no old Ray session
+                tag = hashlib.sha1(f"{d}/{i}".encode()).hexdigest()
+                uuids = [f"GPU-{tag[:8]}-{tag[8:12]}-{tag[12:16]}-{tag[16:20]}-{tag[20:28]}{g:04x}"
+                         for g in range(gpus_per_node)]
+                _write_json(nd / "gpu.json", dict(gpu_facts, gpu=gpu, count=gpus_per_node,
+                                                  driver_version=driver, cuda_version=cuda_for_driver(driver),
+                                                  nvlink=True, uuids=uuids, driver_loaded=True))
+                _write_json(nd / "gpu_procs.json", [])
+                hosts.append(f"{subnet_host(x, i)}\tsim-node-{i}")
+            _write(d / "hosts", "\n".join(hosts) + "\n")
+
+            # 3. wait for the hub's url (sessions get it through SetEnv)
+            hub_url = None
+            if hub_proc is not None:
+                end = time.monotonic() + 60
+                while not (d / "hub.json").exists():
+                    if hub_proc.poll() is not None or time.monotonic() > end:
+                        log = (d / "hub.log").read_text(errors="replace")[-2000:]
+                        raise SimClusterError(f"the hub did not start (see {d / 'hub.log'}):\n{log}")
+                    time.sleep(0.01)
+                hub_url = json.loads((d / "hub.json").read_text())["url"]
+            sim["hub_url"] = hub_url
+            _write_json(d / "sim.json", sim)
+
+            # 4. the nodes
+            client_pub = (d / "id_ed25519.pub").read_text()
+            _write(d / "authorized_keys", client_pub)
+            os.chmod(d / "id_ed25519", 0o600)
+            nodes = [self._node_facts(i, net) for i in range(n_nodes)]
+            self._info = dict(sim, nodes=nodes, env={})
+            _write_json(d / "cluster.json", self._info)   # init pids land here as nodes boot
+            with ThreadPoolExecutor(min(8, n_nodes)) as ex:
+                for i, pid in enumerate(ex.map(lambda i: self.boot_node(i), range(n_nodes))):
+                    nodes[i]["init_pid"] = pid
         except BaseException:
-            self._kill_all()
-            self._unmount_all()
+            self._power_off_all()
+            if hub_proc is not None:
+                _signal([hub_proc.pid], signal.SIGKILL)
+            _teardown_net(x)
+            (d / "cluster.starting").unlink(missing_ok=True)
             raise
 
         env = {}
@@ -674,7 +753,7 @@ class SimCluster:
             env[f"AIRFLOW_CONN_{node['conn_id'].upper()}"] = json.dumps(conn)
         env.update(SIMCLUSTER_DIR=str(d), SIM_BASE_FOLDER=str(d / "base"), SIM_SLIME_DIR=str(d / "slime"),
                    SIM_MEGATRON_DIR=str(d / "Megatron-LM"), SIM_HF_ENDPOINT=hub_url or "",
-                   SIM_CONN_IDS=",".join(n["conn_id"] for n in nodes))
+                   SIM_CONN_IDS=",".join(n["conn_id"] for n in nodes), SIM_MASTER_ADDR=nodes[0]["host"])
         if (d / "hub_token").exists():
             env["SIM_HF_TOKEN"] = (d / "hub_token").read_text().strip()
         info = dict(sim, nodes=nodes, env=env, key_file=str(d / "id_ed25519"),
@@ -684,24 +763,38 @@ class SimCluster:
         _write(d / "env.sh", "\n".join(lines) + "\n")
         _write_json(d / "cluster.json", info)
         self._info = info
+        (d / "cluster.starting").unlink(missing_ok=True)
+        if owner_pid:
+            self._start_watchdog(owner_pid)
         return self
 
-    def _sshd_config(self, i: int, port: int, hub_url: str | None) -> Path:
-        d, nd = self.dir, self.node_dir(i)
+    def _node_facts(self, i: int, net: dict) -> dict:
+        nd = self.node_dir(i)
+        pub = (nd / "ssh_host_ed25519_key.pub").read_text().split()
+        return {"index": i, "conn_id": f"sim_node_{i}", "host": subnet_host(net["x"], i), "port": SSH_PORT,
+                "login": "root", "hostname": f"sim-node-{i}", "host_key": f"{pub[0]} {pub[1]}",
+                "root": str(nd), "node_dir": str(nd), "init_pid": None,
+                "base_view": str(nd / "base" if self.info_storage == "local" else self.dir / "base")}
+
+    @property
+    def info_storage(self) -> str:
+        return (self._info or json.loads((self.dir / "sim.json").read_text()))["storage"]
+
+    def _sshd_config(self, i: int) -> Path:
+        d, nd, sim = self.dir, self.node_dir(i), self.sim
         setenv = {
             "PATH": f"{d / 'bin'}:{REPO / '.venv/bin'}:/usr/local/bin:/usr/bin:/bin",
             "HOME": str(nd / "home"),
             # with no hub, point hf at a closed port rather than at the real Hub
-            "HF_ENDPOINT": hub_url or "http://127.0.0.1:9",
+            "HF_ENDPOINT": sim.get("hub_url") or "http://127.0.0.1:9",
             "PYTHONPATH": str(d / "site"),
             "SIMCLUSTER_DIR": str(d),
             "SIMCLUSTER_NODE": str(i),
-            "RAY_TMPDIR": str(nd / "ray"),
         }
         cfg = f"""\
 # simcluster node {i}
-Port {port}
-ListenAddress {node_host(i)}
+Port {SSH_PORT}
+ListenAddress {subnet_host(sim['net']['x'], i)}
 AddressFamily inet
 HostKey {nd / 'ssh_host_ed25519_key'}
 PidFile {nd / 'sshd.pid'}
@@ -728,74 +821,86 @@ SetEnv {' '.join(f'{k}={_setenv_value(v)}' for k, v in setenv.items())}
         _write(path, cfg)
         return path
 
-    def _ns_file(self, i: int) -> Path:
-        return self.node_dir(i) / "ns" / "mnt"
-
-    def _make_namespace(self, i: int, disk_mb: int | None) -> Path:
-        nd = self.node_dir(i)
-        nsdir, nsfile, priv = nd / "ns", nd / "ns" / "mnt", nd / "base"
-        nsdir.mkdir(exist_ok=True)
-        priv.mkdir(exist_ok=True)
-        if not _ismount(nsdir):  # a private mount to hold the namespace file
-            _run(["mount", "--bind", str(nsdir), str(nsdir)])
-            _run(["mount", "--make-private", str(nsdir)])
-        nsfile.touch()
-        if disk_mb is not None and not _ismount(priv):
-            _run(["mount", "-t", "tmpfs", "-o", f"size={int(disk_mb)}m,mode=0755", f"simcluster-node{i}", str(priv)])
-        _run(["unshare", f"--mount={nsfile}", "--propagation", "private",
-              "mount", "--bind", str(priv), str(self.dir / "base")])
-        return nsfile
-
-    def _start_nodes(self, n_nodes: int, storage: str, disk_mb: int | None, hub_url: str | None) -> list[dict]:
-        nsfiles = [self._make_namespace(i, disk_mb) if storage == "local" else None for i in range(n_nodes)]
-        ports, procs = {}, {}
-        for i in range(n_nodes):
-            ports[i] = _free_port(node_host(i))
-            self._sshd_config(i, ports[i], hub_url)
-            procs[i] = self._spawn_sshd(i, nsfiles[i])
-        attempts = {i: 1 for i in range(n_nodes)}
-        pending = set(range(n_nodes))
+    def boot_node(self, i: int) -> int:
+        """Start node i (its namespaces, network, mounts and sshd); its init's host pid. Also a
+        reboot of a node that vanished: same address, host key and disk, empty /tmp."""
+        d, nd, sim = self.dir, self.node_dir(i), self.sim
+        net = sim["net"]
+        for f in ("net.ready", "init.ready", "sshd.pid"):
+            (nd / f).unlink(missing_ok=True)
+        shutil.rmtree(nd / "tmp", ignore_errors=True)
+        (nd / "tmp").mkdir()
+        keep = sorted({str(p) for p in (d, REPO, Path(sys.prefix).resolve())
+                       if str(p).startswith("/tmp/")})
+        spec = {"node_dir": str(nd), "hostname": f"sim-node-{i}", "cpus": NODE_CPUS,
+                "hosts_file": str(d / "hosts"), "storage": sim["storage"], "disk_mb": sim.get("disk_mb"),
+                "base_folder": str(d / "base"), "sshd": SSHD, "sshd_config": str(self._sshd_config(i)),
+                "keep_under_tmp": keep}
+        _write_json(nd / "spec.json", spec)
+        env = {"PATH": "/usr/sbin:/usr/bin:/bin", "LANG": "C.UTF-8", "SIMCLUSTER_DIR": str(d),
+               "SIMCLUSTER_NODE": str(i)}
+        with open(nd / "init.log", "ab") as log:
+            launcher = subprocess.Popen(
+                ["unshare", "--net", "--pid", "--mount", "--uts", "--fork", "--mount-proc", "--kill-child",
+                 sys.executable, "-S", str(PKG / "node_init.py"), str(nd / "spec.json")],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
+                start_new_session=True, cwd="/")
+        init = None
         end = time.monotonic() + 15
-        while pending:
-            for i in sorted(pending):
-                if port_open(node_host(i), ports[i]):
-                    pending.discard(i)
-                elif procs[i].poll() is not None:  # e.g. the port was taken meanwhile: try another
-                    if attempts[i] >= 5:
-                        log = (self.node_dir(i) / "sshd.log").read_text(errors="replace")
-                        raise SimClusterError(f"sshd of node {i} failed to start:\n{log[-2000:]}")
-                    attempts[i] += 1
-                    ports[i] = _free_port(node_host(i))
-                    self._sshd_config(i, ports[i], hub_url)
-                    procs[i] = self._spawn_sshd(i, nsfiles[i])
-            if pending:
-                if time.monotonic() > end:
-                    raise SimClusterError(f"sshd of nodes {sorted(pending)} did not listen within 15 s")
+        while init is None:
+            try:
+                kids = Path(f"/proc/{launcher.pid}/task/{launcher.pid}/children").read_text().split()
+                init = int(kids[0]) if kids else None
+            except OSError:
+                pass
+            if init is None:
+                if launcher.poll() is not None or time.monotonic() > end:
+                    raise SimClusterError(f"node {i} did not start: "
+                                          f"{(nd / 'init.log').read_text(errors='replace')[-1500:]}")
                 time.sleep(0.005)
-        nodes = []
-        for i in range(n_nodes):
-            nd = self.node_dir(i)
-            pub = (nd / "ssh_host_ed25519_key.pub").read_text().split()
-            nodes.append({
-                "index": i, "conn_id": f"sim_node_{i}", "host": node_host(i), "port": ports[i],
-                "login": "root", "host_key": f"{pub[0]} {pub[1]}", "root": str(nd), "node_dir": str(nd),
-                "namespace": str(nsfiles[i]) if nsfiles[i] else None,
-                "base_view": str(nd / "base" if storage == "local" else self.dir / "base")})
-        return nodes
+        self._record_init(i, init)
+        host_if, node_if = f"sf{net['x']}h{i}", f"sf{net['x']}n{i}"
+        subprocess.run(["ip", "link", "del", host_if], capture_output=True)  # left by a power cut
+        _run(["ip", "link", "add", host_if, "type", "veth", "peer", "name", node_if])
+        _run(["ip", "link", "set", host_if, "master", net["bridge"], "up"])
+        _run(["ip", "link", "set", node_if, "netns", str(init)])
+        ip = subnet_host(net["x"], i)
+        _run(["nsenter", "-t", str(init), "-n", "sh", "-c",
+              f"ip link set {node_if} name eth0 && ip addr add {ip}/24 dev eth0 && "
+              f"ip link set eth0 up && ip link set lo up"])
+        (nd / "net.ready").write_text("1\n")
+        end = time.monotonic() + 30
+        while not (nd / "init.ready").exists():
+            if not alive(init) or time.monotonic() > end:
+                raise SimClusterError(f"node {i} did not come up: "
+                                      f"{(nd / 'init.log').read_text(errors='replace')[-1500:]}")
+            time.sleep(0.01)
+        if not _wait_port(ip, SSH_PORT, True, 15):
+            raise SimClusterError(f"sshd of node {i} does not listen on {ip}:{SSH_PORT}: "
+                                  f"{(nd / 'sshd.log').read_text(errors='replace')[-1500:]}")
+        return init
 
-    def _spawn_sshd(self, i: int, nsfile: Path | None) -> subprocess.Popen:
-        nd = self.node_dir(i)
-        cmd = [SSHD, "-D", "-e", "-f", str(nd / "sshd_config")]
-        if nsfile is not None:
-            cmd = ["nsenter", f"--mount={nsfile}", "--"] + cmd
-        env = {"PATH": "/usr/sbin:/usr/bin:/bin", "LANG": "C.UTF-8", "SIMCLUSTER_DIR": str(self.dir),
-               "SIMCLUSTER_NODE": str(i), "SIMCLUSTER_ROLE": "sshd"}
-        (nd / "sshd.pid").unlink(missing_ok=True)
-        with open(nd / "sshd.log", "ab") as log:
-            p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                 env=env, start_new_session=True, cwd="/")
-        (nd / "sshd.listener").write_text(f"{p.pid}\n")
-        return p
+    def _record_init(self, i: int, pid: int) -> None:
+        """cluster.json holds each node's init pid as soon as it exists, so that `down` (or the
+        next `up` collecting a killed test's leftovers) can power it off."""
+        p = self.dir / "cluster.json"
+        try:
+            info = json.loads(p.read_text())
+        except (OSError, ValueError):
+            return
+        info["nodes"][i]["init_pid"] = pid
+        _write_json(p, info)
+        if self._info is not None:
+            self._info["nodes"][i]["init_pid"] = pid
+
+    def nsenter(self, i: int, argv: list, **kw) -> subprocess.CompletedProcess:
+        """Run argv inside node i (all its namespaces), as root, with the node's session env."""
+        init = self.nodes[i]["init_pid"]
+        env = {"PATH": f"{self.dir / 'bin'}:{REPO / '.venv/bin'}:/usr/sbin:/usr/bin:/bin", "LANG": "C.UTF-8",
+               "SIMCLUSTER_DIR": str(self.dir), "SIMCLUSTER_NODE": str(i), "PYTHONPATH": str(self.dir / "site"),
+               "HOME": str(self.node_dir(i) / "home")}
+        return subprocess.run(["nsenter", "-t", str(init), "-n", "-p", "-m", "-u", "--wd=/", *argv],
+                              env=env, capture_output=True, text=True, **kw)
 
     def listener_pid(self, i: int) -> int | None:
         pids = [p.pid for p in procs_of(self.dir, i) if p.role == "sshd"]
@@ -805,10 +910,11 @@ SetEnv {' '.join(f'{k}={_setenv_value(v)}' for k, v in setenv.items())}
         node = self.nodes[i]
         if port_open(node["host"], node["port"]):
             return
-        self._spawn_sshd(i, Path(node["namespace"]) if node.get("namespace") else None)
-        if not _wait_port(node["host"], node["port"], True, 10):
+        nd = self.node_dir(i)
+        r = self.nsenter(i, [SSHD, "-f", str(nd / "sshd_config"), "-E", str(nd / "sshd.log")])
+        if r.returncode != 0 or not _wait_port(node["host"], node["port"], True, 10):
             raise SimClusterError(f"sshd of node {i} did not come back on port {node['port']}: "
-                                  f"{(self.node_dir(i) / 'sshd.log').read_text()[-2000:]}")
+                                  f"{r.stderr.strip()} {(nd / 'sshd.log').read_text()[-2000:]}")
 
     def stop_sshd(self, i: int, sig=signal.SIGTERM) -> None:
         node = self.nodes[i]
@@ -818,65 +924,73 @@ SetEnv {' '.join(f'{k}={_setenv_value(v)}' for k, v in setenv.items())}
         if not _wait_port(node["host"], node["port"], False, 5):
             raise SimClusterError(f"port {node['port']} of node {i} is still open")
 
-    def _kill_all(self) -> list[int]:
+    def power_off(self, i: int) -> list[int]:
+        """Node i is gone at once, like a power cut: SIGKILL its PID 1, and the kernel kills every
+        process of its PID namespace; its network namespace and veth go with them."""
+        init = (self.nodes[i] if self._info or (self.dir / "cluster.json").exists() else {}).get("init_pid")
+        if not init or not alive(init) or _pidns(init) == _pidns(os.getpid()):
+            return []
+        victims = [p.pid for p in procs_of(self.dir, i)]
+        _signal([init], signal.SIGKILL)
+        left = _wait_dead(victims, 10)
+        if left:
+            raise SimClusterError(f"node {i} still has processes {left} after its power cut")
+        _reap()
+        return victims
+
+    def _power_off_all(self) -> list[int]:
+        try:
+            info = json.loads((self.dir / "cluster.json").read_text())
+        except (OSError, ValueError):
+            return []
+        self._info = info
         killed = []
-        for _round in range(4):
-            procs = procs_of(self.dir)
-            if not procs:
-                break
-            pids = [p.pid for p in procs]
-            killed += pids
-            # listeners first so that no new sessions start, then everything else
-            _signal([p.pid for p in procs if p.role == "sshd"], signal.SIGTERM)
-            _signal(pids, signal.SIGTERM)
-            _signal(pids, signal.SIGCONT)
-            left = _wait_dead(pids, 2.0 if _round == 0 else 0.5)
-            _signal(left, signal.SIGKILL)
-            _wait_dead(left, 2.0)
-        for nd in (self.dir / "nodes").glob("*"):
-            killed += _kill_foreign(nd)
+        for n in info.get("nodes", []):
+            killed += self.power_off(int(n["index"]))
+        return killed
+
+    def _start_watchdog(self, owner_pid: int) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SIMCLUSTER_")}
+        env.update(PYTHONPATH=str(REPO))
+        with open(self.dir / "watchdog.log", "ab") as log:
+            p = subprocess.Popen([sys.executable, "-m", "tests.simcluster", "watch", "--state-dir", str(self.dir),
+                                  "--owner", str(owner_pid)], cwd=REPO, env=env, stdin=subprocess.DEVNULL,
+                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        (self.dir / "watchdog.pid").write_text(f"{p.pid}\n")
+
+    def down(self) -> dict:
+        t0 = time.monotonic()
+        killed = self._power_off_all()
         hub_pid = self.dir / "hub.pid"
         if hub_pid.exists():
             try:
                 pid = int(hub_pid.read_text())
                 if (_environ(pid) or {}).get("SIMCLUSTER_ROLE") == "hub":
                     _signal([pid], signal.SIGKILL)
+                    _wait_dead([pid], 5)
+                    killed.append(pid)
             except ValueError:
                 pass
             hub_pid.unlink(missing_ok=True)
+        net = (self._info or {}).get("net")
+        if net:
+            _teardown_net(int(net["x"]))
+        wd = self.dir / "watchdog.pid"
+        if wd.exists():
+            try:
+                pid = int(wd.read_text())
+                if pid != os.getpid() and "watch" in _cmdline(pid):
+                    _signal([pid], signal.SIGTERM)
+            except ValueError:
+                pass
+            wd.unlink(missing_ok=True)
         _reap()
-        return killed
-
-    def _unmount_all(self) -> None:
-        for nd in sorted((self.dir / "nodes").glob("*"), reverse=True):
-            for m in (nd / "ns" / "mnt", nd / "ns", nd / "base"):
-                for _ in range(3):
-                    if not _ismount(m):
-                        break
-                    r = subprocess.run(["umount", str(m)], capture_output=True)
-                    if r.returncode != 0:
-                        subprocess.run(["umount", "-l", str(m)], capture_output=True)
-
-    def down(self) -> dict:
-        t0 = time.monotonic()
-        try:
-            nodes = self.nodes
-        except SimClusterError:
-            nodes = []
-        killed = self._kill_all()
-        still = [n for n in nodes if not _wait_port(n["host"], n["port"], False, 5)]
-        hub = None
-        try:
-            hub = json.loads((self.dir / "hub.json").read_text())
-        except (OSError, ValueError):
-            pass
-        if hub and hub.get("port") and not _wait_port("127.0.0.1", hub["port"], False, 5):
-            still.append({"host": "127.0.0.1", "port": hub["port"], "conn_id": "hub"})
-        self._unmount_all()
-        if still:
-            raise SimClusterError("ports still open after down: " +
-                                  ", ".join(f"{n['conn_id']} {n['host']}:{n['port']}" for n in still))
+        left = [p for p in procs_of(self.dir)]
+        if left:
+            raise SimClusterError("processes still alive after down: " +
+                                  ", ".join(f"{p.pid} ({' '.join(p.cmdline)[:60]})" for p in left))
         return {"killed": sorted(set(killed)), "seconds": round(time.monotonic() - t0, 3)}
+
 
     # ---- helpers for tests
     def connect(self, i: int, timeout: float = 10):
@@ -885,7 +999,8 @@ SetEnv {' '.join(f'{k}={_setenv_value(v)}' for k, v in setenv.items())}
         node = self.nodes[i]
         c = paramiko.SSHClient()
         kt, kb = node["host_key"].split()[:2]
-        c.get_host_keys().add(f"[{node['host']}]:{node['port']}", kt,
+        name = node["host"] if int(node["port"]) == 22 else f"[{node['host']}]:{node['port']}"
+        c.get_host_keys().add(name, kt,
                               paramiko.Ed25519Key(data=base64.b64decode(kb)))
         c.set_missing_host_key_policy(paramiko.RejectPolicy())
         c.connect(node["host"], node["port"], username="root", key_filename=str(self.key_file),
@@ -921,20 +1036,3 @@ SetEnv {' '.join(f'{k}={_setenv_value(v)}' for k, v in setenv.items())}
         from tests.simcluster.faults import inject
         return inject(self, kind, node=node, **kw)
 
-
-def _kill_foreign(nd: Path) -> list[int]:
-    f = nd / "foreign.pids"
-    if not f.exists():
-        return []
-    killed = []
-    for tok in f.read_text().split():
-        try:
-            pid = int(tok)
-        except ValueError:
-            continue
-        if alive(pid) and _cmdline(pid) == ["sleep", FOREIGN_ARG]:
-            _signal([pid], signal.SIGKILL)
-            killed.append(pid)
-    _wait_dead(killed, 2)
-    f.unlink(missing_ok=True)
-    return killed

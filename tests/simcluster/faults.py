@@ -1,7 +1,7 @@
 """Fault injection for the simulated cluster (stdlib only).
 
-Every fault acts only on processes that carry this cluster's tag (SIMCLUSTER_DIR=DIR plus
-SIMCLUSTER_NODE, see :func:`tests.simcluster.cluster.procs_of`) or on pids recorded in DIR.
+Every fault acts only on the processes of this cluster's nodes (their PID namespaces, see
+:func:`tests.simcluster.cluster.procs_of`) or on files in its state folder.
 """
 from __future__ import annotations
 
@@ -10,17 +10,18 @@ import os
 import re
 import shutil
 import signal
-import subprocess
+import time
 from pathlib import Path
 
 from tests.simcluster.cluster import (FAULTS, FILL_NAME, FOREIGN_ARG, SimClusterError, _signal, _wait_dead,
                                       _wait_port, _write_json, procs_of)
 
 PY_RE = re.compile(r"^python[0-9.]*$")
+ACTOR_TITLE = "ray::MegatronTrainRayActor"  # Ray names a worker process after the actor it hosts
 
 
 def _is_trainer(cmdline: list[str]) -> bool:
-    """`python3 [opts] .../train.py ...`: the interpreter running slime's train.py (not a `ray job
+    """`python3 [opts] .../train.py ...`: the Ray driver running slime's train.py (not a `ray job
     submit -- python3 train.py` client nor a shell wrapper whose argv merely mentions it)."""
     if not cmdline or not PY_RE.match(os.path.basename(cmdline[0])):
         return False
@@ -33,6 +34,12 @@ def _is_trainer(cmdline: list[str]) -> bool:
 
 def trainers(cluster, node: int | None = None):
     return [p for p in procs_of(cluster.dir, node) if _is_trainer(p.cmdline)]
+
+
+def train_actors(cluster, node: int | None = None):
+    """The worker processes that host slime's training actors, on node `node` or anywhere."""
+    return [p for p in procs_of(cluster.dir, node)
+            if p.cmdline and p.cmdline[0].startswith(ACTOR_TITLE)]
 
 
 def _node(cluster, node, default=0) -> int:
@@ -60,57 +67,90 @@ def _drop_ssh(cluster, node=None, **_):
 
 
 def _restart_sshd(cluster, node=None, **_):
-    """Stop and start node i's sshd: same port, host key, config and mount namespace. Also brings
-    a vanished node back (a reboot)."""
+    """Stop and start node i's sshd: same address, host key and config."""
     i = _node(cluster, node)
     cluster.stop_sshd(i)
     cluster.start_sshd(i)
     return {"fault": "restart-sshd", "node": i, "pid": cluster.listener_pid(i)}
 
 
-def _vanish_head(cluster, node=None, **_):
-    """The machine is gone: SIGKILL everything of node i (sshd, sessions, Ray stand-in daemons,
-    jobs, trainers) and wipe its Ray state (RAY_TMPDIR). `restart-sshd` brings it back empty."""
+def _vanish_node(cluster, node=None, **_):
+    """The machine is gone at once, like a power cut: node i's PID 1 is SIGKILLed, so the kernel
+    kills everything on it (sshd, sessions, Ray, actors) and its network goes with it.
+    `reboot-node` brings it back with an empty /tmp."""
     i = _node(cluster, node)
-    killed = []
-    for _round in range(3):
-        pids = [p.pid for p in procs_of(cluster.dir, i)]
-        if not pids:
-            break
-        _signal(pids, signal.SIGKILL)
-        _wait_dead(pids, 2)
-        killed += pids
     n = cluster.nodes[i]
+    killed = cluster.power_off(i)
     if not _wait_port(n["host"], n["port"], False, 5):
         raise SimClusterError(f"node {i} still answers on {n['host']}:{n['port']}")
-    ray = cluster.node_dir(i) / "ray"
-    shutil.rmtree(ray, ignore_errors=True)
-    ray.mkdir()
-    return {"fault": "vanish-head", "node": i, "killed": sorted(set(killed))}
+    return {"fault": "vanish-node", "node": i, "killed": sorted(killed)}
 
 
-def _trainer_signal(cluster, node, sig, name):
+def _vanish_head(cluster, node=None, **kw):
+    return dict(_vanish_node(cluster, node=0 if node is None else node, **kw), fault="vanish-head")
+
+
+def _reboot_node(cluster, node=None, **_):
+    """Boot a vanished node again: same address, host key and disk; no Ray, empty /tmp."""
+    i = _node(cluster, node)
+    cluster.power_off(i)
+    pid = cluster.boot_node(i)
+    cluster._record_init(i, pid)
+    return {"fault": "reboot-node", "node": i, "init_pid": pid}
+
+
+def _wait_for(what, fn, timeout: float):
+    end = time.monotonic() + timeout
+    while True:
+        got = fn()
+        if got or time.monotonic() > end:
+            return got
+        time.sleep(0.1)
+
+
+def _kill_actor(cluster, node=None, timeout: float = 60, **_):
+    """SIGKILL one training actor's worker process (on node `node`, else the first found): Ray
+    reports a real ActorDiedError to slime's driver."""
     i = None if node is None else _node(cluster, node)
-    victims = [p.pid for p in trainers(cluster, i)]
-    if not victims:
-        raise SimClusterError("no train.py process of this cluster is running"
+    actors = _wait_for("actor", lambda: train_actors(cluster, i), timeout)
+    if not actors:
+        raise SimClusterError("no MegatronTrainRayActor process of this cluster is running"
                               + (f" on node {i}" if i is not None else ""))
+    victim = sorted(actors, key=lambda p: (p.node, p.pid))[0]
+    _signal([victim.pid], signal.SIGKILL)
+    _wait_dead([victim.pid], 5)
+    return {"fault": "kill-actor", "node": victim.node, "pid": victim.pid, "ns_pid": victim.ns_pid,
+            "title": " ".join(victim.cmdline)}
+
+
+def _trainer_signal(cluster, node, sig, name, procs):
+    victims = [p.pid for p in procs]
+    if not victims:
+        raise SimClusterError(f"{name}: nothing of the training job is running on this cluster"
+                              + (f" (node {node})" if node is not None else ""))
     _signal(victims, sig)
     if sig == signal.SIGKILL:
-        _wait_dead(victims, 2)
-    return {"fault": name, "node": i, "pids": victims}
+        _wait_dead(victims, 5)
+    return {"fault": name, "node": node, "pids": victims}
 
 
 def _kill_trainer(cluster, node=None, **_):
-    return _trainer_signal(cluster, node, signal.SIGKILL, "kill-trainer")
+    """SIGKILL slime's driver process (python3 train.py): the job FAILS."""
+    i = None if node is None else _node(cluster, node)
+    return _trainer_signal(cluster, i, signal.SIGKILL, "kill-trainer", trainers(cluster, i))
 
 
-def _hang_trainer(cluster, node=None, **_):
-    return _trainer_signal(cluster, node, signal.SIGSTOP, "hang-trainer")
+def _hang_trainer(cluster, node=None, timeout: float = 60, **_):
+    """Freeze every training actor (SIGSTOP), as a collective that never returns would: the
+    processes live, Ray sees nothing wrong, and no progress line comes."""
+    i = None if node is None else _node(cluster, node)
+    actors = _wait_for("actor", lambda: train_actors(cluster, i), timeout)
+    return _trainer_signal(cluster, i, signal.SIGSTOP, "hang-trainer", actors)
 
 
 def _resume_trainer(cluster, node=None, **_):
-    return _trainer_signal(cluster, node, signal.SIGCONT, "resume-trainer")
+    i = None if node is None else _node(cluster, node)
+    return _trainer_signal(cluster, i, signal.SIGCONT, "resume-trainer", train_actors(cluster, i))
 
 
 def _corrupt_shard(cluster, node=None, path=None, **_):
@@ -173,23 +213,28 @@ def _unfill_disk(cluster, node=None, **_):
 
 
 def _foreign_gpu_proc(cluster, node=None, gpu_index: int = 0, used_memory: int = 30000, **_):
-    """Start a `sleep` that is not ours (no SIMCLUSTER tag) and list it in node i's
-    gpu_procs.json, as if another user held GPU `gpu_index`. `down` kills it (pid recorded)."""
+    """Start a `sleep` on node i that this run did not start, and list it in node i's
+    gpu_procs.json (with its pid as the node sees it), as if another user held GPU `gpu_index`.
+    It dies with the node."""
     i = _node(cluster, node)
     nd = cluster.node_dir(i)
-    p = subprocess.Popen(["sleep", FOREIGN_ARG], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL, env={"PATH": "/usr/bin:/bin"}, start_new_session=True)
-    with open(nd / "foreign.pids", "a") as f:
-        f.write(f"{p.pid}\n")
+    r = cluster.nsenter(i, ["setsid", "-f", "sleep", FOREIGN_ARG])
+    if r.returncode != 0:
+        raise SimClusterError(f"could not start the foreign process on node {i}: {r.stderr.strip()}")
+    found = _wait_for("sleep", lambda: [p for p in procs_of(cluster.dir, i)
+                                        if p.cmdline == ["sleep", FOREIGN_ARG]], 5)
+    if not found:
+        raise SimClusterError(f"the foreign process on node {i} did not start")
+    proc = found[-1]
     procs_file = nd / "gpu_procs.json"
     try:
         procs = json.loads(procs_file.read_text())
     except (OSError, ValueError):
         procs = []
     gpu = json.loads((nd / "gpu.json").read_text())
-    entry = {"pid": p.pid, "process_name": shutil.which("sleep") or "/usr/bin/sleep",
+    entry = {"pid": proc.ns_pid, "process_name": shutil.which("sleep") or "/usr/bin/sleep",
              "used_memory": int(used_memory), "gpu_index": int(gpu_index),
              "gpu_uuid": gpu["uuids"][int(gpu_index)]}
     procs.append(entry)
     _write_json(procs_file, procs)
-    return {"fault": "foreign-gpu-proc", "node": i, **entry}
+    return {"fault": "foreign-gpu-proc", "node": i, "host_pid": proc.pid, **entry}
