@@ -15,12 +15,14 @@ Prints one JSON object:
      "saved": {...progress.json or null}, "iteration": int|null, "leases": {...}}
 
 MISSING: Ray answers but does not know the job. NO_CLUSTER: no Ray answers at the address (the
-cluster is gone, e.g. after a reboot).
+cluster is gone, e.g. after a reboot). The status sentences are read by raystate.job_state, which
+the train operator shares. The driver log is <tmp>/ray/session_latest/logs/job-driver-<ID>.log
+(driver_log_path). Lines are returned as Ray wrote them (colour codes, `(Actor pid=N)` prefixes);
+the trigger cleans them before it parses (slimeflow/utils/logparse.py).
 """
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -28,13 +30,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import fsops  # noqa: E402
 import lease  # noqa: E402
-
-_TERMINAL = [(re.compile(r"Job '[^']+' succeeded"), "SUCCEEDED"),
-             (re.compile(r"Job '[^']+' was stopped"), "STOPPED"),
-             (re.compile(r"Job '[^']+' failed"), "FAILED")]
-_STATUS_LINE = re.compile(r"Status for job '[^']+': (\w+)")
-_NO_CLUSTER = re.compile(r"Failed to connect to Ray|Could not find any running Ray|"
-                         r"Connection refused|ConnectionError")
+import raystate  # noqa: E402
 
 
 def ray_status(address, job):
@@ -46,23 +42,30 @@ def ray_status(address, job):
         return "UNKNOWN", "ray job status did not answer within 90 s"
     except OSError as e:
         return "UNKNOWN", "cannot run ray: %s" % e
-    text = r.stdout.decode("utf-8", "replace")
-    for rx, state in _TERMINAL:
-        if rx.search(text):
-            return state, text[-4000:]
-    m = _STATUS_LINE.search(text)
-    if m:
-        return m.group(1), text[-2000:]
-    if "does not exist" in text:
-        return "MISSING", text[-2000:]
-    if _NO_CLUSTER.search(text):
-        return "NO_CLUSTER", text[-2000:]
-    return "UNKNOWN", text[-2000:]
+    text = raystate.strip_ansi(r.stdout.decode("utf-8", "replace"))
+    state = raystate.job_state(text, job)
+    return state or "UNKNOWN", text[-4000:]
+
+
+def ray_temp_root(environ=None):
+    """Where Ray keeps its state on this node: $RAY_TMPDIR, else $TMPDIR, else /tmp (Ray 2.60
+    ray/_common/utils.py get_default_system_temp_dir), plus "ray" (get_default_ray_temp_dir).
+    An empty variable counts as unset. `ray start` here runs with the same login environment as
+    this script (no --temp-dir), so both land on the same folder."""
+    env = os.environ if environ is None else environ
+    return os.path.join(env.get("RAY_TMPDIR") or env.get("TMPDIR") or "/tmp", "ray")
+
+
+def driver_log_path(job, environ=None):
+    """The job driver's log: <tmp>/ray/session_latest/logs/job-driver-<submission id>.log
+    (seen on a real Ray 2.60 head: /tmp/ray/session_latest/logs/job-driver-ID.log, and with
+    TMPDIR=/x: /x/ray/session_latest/...)."""
+    return os.path.join(ray_temp_root(environ), "session_latest", "logs",
+                        "job-driver-%s.log" % job)
 
 
 def tail_lines(job, n):
-    path = os.path.join(os.environ.get("RAY_TMPDIR") or "/tmp", "ray", "session_latest", "logs",
-                        "job-driver-%s.log" % job)
+    path = driver_log_path(job)
     try:
         with open(path, "rb") as f:
             f.seek(0, 2)
@@ -104,8 +107,8 @@ def main(argv=None):
         offset = 0
         if saved and saved.get("attempt") == a.ray_job:
             offset = int(saved.get("log_offset") or 0)
-    log = fsops.cmd_job_log(argparse.Namespace(ray_job=a.ray_job, path=None, offset=offset,
-                                               max_bytes=a.max_bytes))
+    log = fsops.cmd_job_log(argparse.Namespace(ray_job=None, path=driver_log_path(a.ray_job),
+                                               offset=offset, max_bytes=a.max_bytes))
     out["log_exists"] = log.get("exists", False)
     out["offset"] = log.get("offset", offset)
     out["lines"] = log.get("lines", [])

@@ -34,6 +34,7 @@ NVSMI_TIMEOUT = 20.0
 TORCH_TIMEOUT = 60.0
 GIT_TIMEOUT = 15.0
 HF_CLI_TIMEOUT = 30.0
+RAY_CLI_TIMEOUT = 60.0
 HUB_TIMEOUT = 20.0
 DEFAULT_PORTS = (6379, 8265)
 
@@ -244,6 +245,12 @@ def parse_hf_version(text):
     """Version from `hf --version` / `hf version` output (ANSI colours tolerated)."""
     text = re.sub(r"\x1b\[[0-9;]*m", "", text)
     m = re.search(r"(\d+\.\d+(?:\.\d+)?(?:[-.+]?(?:rc|dev|post|a|b)\d*)?)", text)
+    return m.group(1) if m else None
+
+
+def parse_ray_version(text):
+    """Version from `ray --version` ("ray, version 2.60.0"), else None."""
+    m = re.search(r"\bversion\s+(\S+)", re.sub(r"\x1b\[[0-9;]*m", "", text or ""))
     return m.group(1) if m else None
 
 
@@ -465,6 +472,11 @@ def collect_packages(args):
         path = module_dir(mod)
         pk[key] = _pkg(version or path, version, path)
 
+    # the `ray` on PATH is what runs `ray job submit`, and its version decides how the entrypoint
+    # is quoted (Ray >= 2.56: shlex.join); it can differ from python3's ray dist
+    pk["ray"].update(collect_ray_cli())
+    pk["ray"]["present"] = pk["ray"]["present"] or bool(pk["ray"]["cli_version"])
+
     version = dist_version(["flash-linear-attention", "flash_linear_attention",
                             "fla-core", "fla_core", "fla"])
     path, wy_path = find_wy_fast()
@@ -472,6 +484,16 @@ def collect_packages(args):
     pk["fla"] = {"present": bool(version or path), "version": version, "path": path,
                  "wy_fast": state, "wy_fast_path": wy_path}
     return pk
+
+
+def collect_ray_cli():
+    path = shutil.which("ray")
+    out = {"cli_path": path, "cli_version": None}
+    if path:
+        res = run_cmd([path, "--version"], RAY_CLI_TIMEOUT)
+        if res["error"] is None and res["rc"] == 0:
+            out["cli_version"] = parse_ray_version(res["out"] + "\n" + res["err"])
+    return out
 
 
 def collect_hf_cli():

@@ -9,6 +9,9 @@ from slimeflow import builders
 from slimeflow.config import RunConfig
 from slimeflow.validation import ParamError
 
+# What a fresh slime node installs: slime leaves ray[default] unpinned (SLIME_FACTS.md, 2026-12).
+PLAN_RAY_VERSION = "2.60.0"
+
 
 def _param(text: str):
     key, sep, raw = text.partition("=")
@@ -32,9 +35,17 @@ def main(argv=None) -> int:
     p.add_argument("--worker-hosts", default="",
                    help="comma-separated addresses of the worker nodes (default 10.0.0.2, ...)")
     p.add_argument("--no-nvlink", action="store_true", help="plan as if nodes had no NVLink")
+    p.add_argument("--ray-version", default=PLAN_RAY_VERSION,
+                   help="the head's Ray version, which decides how `ray job submit` quotes the "
+                        "train.py arguments (preflight reads it from the node; default "
+                        f"{PLAN_RAY_VERSION})")
     p.add_argument("--param", action="append", type=_param, default=[],
                    help="any other trigger param, key=value (value parsed as JSON if it can be)")
     args = ap.parse_args(argv)
+    if builders.ray_version_tuple(args.ray_version) is None:
+        print(f"error: --ray-version {args.ray_version!r} is not a Ray version; give one such as "
+              f"{PLAN_RAY_VERSION}.", file=sys.stderr)
+        return 2
 
     workers = [h for h in args.worker_hosts.split(",") if h] or \
         [f"10.0.0.{i + 2}" for i in range(args.nodes - 1)]
@@ -47,7 +58,8 @@ def main(argv=None) -> int:
     except (ParamError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    facts = {"nvlink": not args.no_nvlink, "storage_shared": True}
+    facts = {"nvlink": not args.no_nvlink, "storage_shared": True,
+             "ray_version": args.ray_version}
     json.dump(builders.plan(cfg, facts), sys.stdout, indent=1)
     sys.stdout.write("\n")
     return 0

@@ -17,8 +17,17 @@ from slimeflow.recipes import ARG_GROUPS, include_dir
 
 RAY_DASHBOARD = "http://127.0.0.1:8265"
 # Ray's default grace between SIGTERM and SIGKILL for a stopped job is 3 s, shorter than an 80B
-# checkpoint save; give the trainer time to finish writing before it is killed.
+# checkpoint save; give the trainer time to finish writing before it is killed. The job
+# supervisor reads it from ITS environment, which is the raylet's: it goes into `ray start`'s
+# environment (head and workers); on `ray job stop` it would do nothing.
 RAY_JOB_STOP_WAIT_TIME_S = "600"
+# `ray stop` takes up to ~22 s for real (16 s grace, then raylet, the rest, gcs_server); every
+# caller gives it a generous multiple of that.
+RAY_STOP_TIMEOUT_S = 120
+# Ray >= 2.56 joins `ray job submit -- TOKENS` with shlex.join on POSIX; older Ray with
+# subprocess.list2cmdline. Both then run the line with shell=True on the head
+# (ray/dashboard/modules/job/cli.py, job_supervisor.py).
+SHLEX_JOIN_SINCE = (2, 56)
 SECRET_ENV = ("HF_TOKEN", "WANDB_API_KEY")
 
 
@@ -214,6 +223,8 @@ def submission_id(dag_id: str, run_id: str) -> str:
 
 
 def _ray_env(cfg: RunConfig) -> dict:
+    """The environment of `ray start`, which the raylet and everything it starts inherit (the
+    job supervisor reads RAY_JOB_STOP_WAIT_TIME_S from it)."""
     return {"PYTHONUNBUFFERED": "1", "no_proxy": f"127.0.0.1,{cfg.cluster.master_addr}",
             "RAY_JOB_STOP_WAIT_TIME_S": RAY_JOB_STOP_WAIT_TIME_S}
 
@@ -236,11 +247,44 @@ def ray_start_worker(cfg: RunConfig, node: str) -> Step:
     return Step(node=node, argv=argv, env=_ray_env(cfg), cwd=cfg.paths.slime_dir)
 
 
-def _entry_token(tok: str) -> str:
-    """One entrypoint token, quoted for the head's /bin/sh.
+def ray_version_tuple(text):
+    """(major, minor) of a Ray version string such as 2.60.0 or 2.9.3rc1, else None."""
+    m = re.match(r"\s*(\d+)\.(\d+)(?:[.\w+-]*)\s*$", str(text or ""))
+    return (int(m.group(1)), int(m.group(2))) if m else None
 
-    `ray job submit` joins the tokens with subprocess.list2cmdline (Windows quoting): a token
-    holding whitespace or a double quote comes out wrapped in double quotes, inside which sh
+
+def entry_quoting(facts: dict | None, node: str = "the head") -> str:
+    """How this head's `ray job submit` turns the entrypoint tokens into its shell line:
+    "shlex" (Ray >= 2.56: shlex.join) or "list2cmdline" (older Ray). check_cluster puts the
+    head's Ray version into the facts (`ray_version`); without a version we cannot know which
+    quoting reaches train.py intact, so we refuse rather than guess."""
+    text = (facts or {}).get("ray_version")
+    version = ray_version_tuple(text)
+    if version is None:
+        shown = "no Ray version" if not text else f"Ray version {str(text)[:40]!r}"
+        raise ValueError(f"node {node} reports {shown}, so slimeflow cannot tell how its `ray "
+                         f"job submit` quotes the train.py arguments; install ray[default] there "
+                         f"(`pip install -U 'ray[default]'`) so that `ray --version` works, then "
+                         f"clear check_cluster to probe it again.")
+    return "shlex" if version >= SHLEX_JOIN_SINCE else "list2cmdline"
+
+
+def _raw_token(tok: str) -> str:
+    """One entrypoint token for Ray >= 2.56, passed as it is: shlex.join quotes it for the
+    head's /bin/sh and sh takes the quotes off again, so train.py receives it byte for byte.
+    Pre-quoting here would reach train.py WITH its quotes (seen: `'[1,1,1]'`). Only NUL cannot
+    be an argv element at all."""
+    if "\0" in tok:
+        raise ValueError(f"train argument {tok[:60]!r} holds a NUL character, which no argv can "
+                         f"carry; remove it.")
+    return tok
+
+
+def _entry_token(tok: str) -> str:
+    """One entrypoint token for Ray < 2.56, quoted for the head's /bin/sh.
+
+    That `ray job submit` joins the tokens with subprocess.list2cmdline (Windows quoting): a
+    token holding whitespace or a double quote comes out wrapped in double quotes, inside which sh
     still expands $(...) and backticks, so shlex.quote alone would not protect it. Validation
     keeps such characters out of every param; this refuses them should a recipe ever hold one.
     """
@@ -252,28 +296,53 @@ def _entry_token(tok: str) -> str:
     return quoted
 
 
+def entrypoint_tokens(entry: list, quoting: str) -> list:
+    """The tokens after `ray job submit --` that make train.py receive exactly `entry`."""
+    if quoting == "shlex":
+        return [_raw_token(t) for t in entry]
+    if quoting == "list2cmdline":
+        return [_entry_token(t) for t in entry]
+    raise ValueError(f"unknown entrypoint quoting {quoting!r}")
+
+
+def train_entrypoint(cfg: RunConfig, facts: dict | None = None) -> list:
+    """The argv the job's shell runs on the head: what `plan` shows and train.py receives."""
+    return ["python3", "train.py", *train_args(cfg, facts)]
+
+
 def ray_job_submit(cfg: RunConfig, sub_id: str, facts: dict | None = None) -> Step:
     renv = runtime_env(cfg, facts)
-    entry = ["python3", "train.py", *train_args(cfg, facts)]
-    # Ray joins the entrypoint into one shell line on the head; quote each token so that what
-    # train.py receives is exactly `entry`.
+    quoting = entry_quoting(facts, cfg.cluster.head)
     argv = ["ray", "job", "submit", f"--address={RAY_DASHBOARD}",
             f"--runtime-env-json={json.dumps(renv)}", "--submission-id", sub_id, "--no-wait",
-            "--", *[_entry_token(t) for t in entry]]
+            "--", *entrypoint_tokens(train_entrypoint(cfg, facts), quoting)]
     return Step(node=cfg.cluster.head, argv=argv, cwd=cfg.paths.slime_dir, runtime_env=renv,
                 env={"PYTHONUNBUFFERED": "1"})
 
 
 def ray_job_cmd(cfg: RunConfig, verb: str, sub_id: str) -> Step:
+    # no RAY_JOB_STOP_WAIT_TIME_S here: the CLI only posts the request; see _ray_env
     return Step(node=cfg.cluster.head,
                 argv=["ray", "job", verb, f"--address={RAY_DASHBOARD}", sub_id],
-                env={"RAY_JOB_STOP_WAIT_TIME_S": RAY_JOB_STOP_WAIT_TIME_S},
                 cwd=cfg.paths.slime_dir)
 
 
 def ray_stop(cfg: RunConfig, node: str) -> Step:
     return Step(node=node, argv=["ray", "stop"], cwd=cfg.paths.slime_dir)
 
+
+def ray_node_state(cfg: RunConfig, node: str) -> Step:
+    """Which raylets and GCS servers run on `node` (include/node/raystate.py)."""
+    return node_script(cfg, node, "raystate.py", "local")
+
+
+def ray_list_nodes(cfg: RunConfig) -> Step:
+    """Every node the head's Ray knows, as JSON (Ray's State API; one entry per raylet, with
+    its IP, ALIVE/DEAD and its GPUs). cluster.ray_start_plan reads it."""
+    return Step(node=cfg.cluster.head,
+                argv=["ray", "list", "nodes", "--format", "json", f"--address={RAY_DASHBOARD}",
+                      "--limit", "10000"],
+                cwd=cfg.paths.slime_dir)
 
 
 # --- the whole plan -------------------------------------------------------------------------
@@ -291,10 +360,16 @@ def plan(cfg: RunConfig, facts: dict | None = None, dag_id: str | None = None,
         "download_datasets": [hf_download(cfg, n, *r) for r in repos[1:] for n in dl_nodes],
         "patch_fla": [patch_fla(cfg, n) for n in cfg.cluster.nodes],
         "convert": [convert(cfg, facts)],
-        "train": [ray_start_head(cfg)] + [ray_start_worker(cfg, n) for n in cfg.cluster.workers]
+        # Ray is checked first on every node; it is started only where none runs (after
+        # `ray stop` where one does), or reused as it is when the whole cluster checks out
+        "train": [ray_node_state(cfg, n) for n in cfg.cluster.nodes] + [ray_list_nodes(cfg)]
+                 + [ray_start_head(cfg)] + [ray_start_worker(cfg, n) for n in cfg.cluster.workers]
                  + [ray_job_submit(cfg, sub_id, facts)],
         "teardown": [ray_job_cmd(cfg, "stop", sub_id)] + [ray_stop(cfg, n)
                                                            for n in cfg.cluster.nodes],
     }
     return {"recipe": cfg.recipe.name, "layout": cfg.layout.name,
+            "ray_version": facts.get("ray_version"),
+            # what train.py receives, whatever quoting the submit line needs for this Ray
+            "train_py_argv": train_entrypoint(cfg, facts),
             "steps": {task: [s.public() for s in ss] for task, ss in steps.items()}}

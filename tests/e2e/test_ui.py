@@ -104,7 +104,6 @@ def stack(tmp_path_factory):
 
 def test_trigger_run_read_xcoms_and_screenshots(stack):
     api, base, cluster, hook = stack["api"], stack["base"], stack["cluster"], stack["hook"]
-    started = time.time()
     dag = _wait(lambda: api.get(f"/api/v2/dags/{DAG}"), 90, "the DAG to be parsed")
     assert dag["is_paused"] is False and "ml-platform" in dag["owners"]
     assert {t["name"] for t in dag["tags"]} >= {"slime", "rl"}
@@ -168,4 +167,3 @@ def test_trigger_run_read_xcoms_and_screenshots(stack):
         st = render_stats(png)
         assert st["width"] == 1400 and st["height"] == 900, (name, st)
         assert st["bytes"] > 20_000 and st["colours"] > 20 and st["busy_rows"] > 0.2, (name, st)
-    assert time.time() - started < 150

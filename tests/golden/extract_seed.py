@@ -3,6 +3,11 @@
 The seed scripts are run with stub `ray`, `ssh`, `pkill`, `sleep` and `nvidia-smi` on PATH that
 append their argv as JSON lines (see regen_from_seed.sh). This keeps only what our builders must
 reproduce: the Ray head/worker start lines, the runtime env and the train.py entrypoint.
+
+"entrypoint" is the argv after `ray job submit --`, plain tokens. Ray >= 2.56 joins them with
+shlex.join and its shell splits them back, so it is exactly what the seed's train.py receives;
+tests/unit/test_builders_golden.py holds what OUR train.py receives (through Ray's join and sh,
+for old and new Ray) to it.
 """
 import json
 import shlex

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.simcluster.airflow_run import ROOT, VENV_BIN, airflow_env, run_conf
+from tests.simcluster.airflow_run import VENV_BIN, airflow_env, run_conf
 from tests.simcluster.cluster import SimCluster, port_open, procs_of
 
 pytestmark = pytest.mark.integration
@@ -187,7 +187,7 @@ def checkpoints(cluster) -> list:
 def submissions(cluster, run_id: str) -> list:
     """Job driver logs of this run's submissions in every Ray session the head ever had (real
     Ray keeps one job-driver-<id>.log per submission under session_*/logs)."""
-    ray = cluster.node_dir(0) / "ray"
+    ray = cluster.node_tmp(0) / "ray"  # the head's own /tmp/ray
     from slimeflow.builders import submission_id
 
     base = submission_id(DAG, run_id)
@@ -213,8 +213,9 @@ def wait_training(af, run_id, rollouts=2, timeout=150):
 
 
 def leftover(cluster) -> list:
-    """Processes of this cluster other than the sshd listeners."""
-    return [p for p in procs_of(str(cluster.dir)) if p.role not in ("sshd", "hub")]
+    """Processes on the cluster's nodes other than their PID 1 and sshd listener: what a run
+    left behind (Ray, drivers, actors, sessions)."""
+    return [p for p in procs_of(str(cluster.dir)) if p.role not in ("init", "sshd", "hub")]
 
 
 # -- tests -----------------------------------------------------------------------------------
@@ -285,10 +286,7 @@ def test_killed_trainer_fails_fast_then_rerun_resumes_then_hang_is_a_stall(live)
     run_id, total = start(af, 400, stall_timeout_minutes=0.15)
     wait_training(af, run_id, rollouts=4)
     c.fault("kill-trainer", node=0)
-    killed = time.time()
-    ti = af.wait_ti(run_id, "train", ("failed", "up_for_retry"), 60)
-    latency = time.time() - killed
-    assert latency < 2 + 5 + 3, latency  # poll_interval + 5 s (+ REST polling slack)
+    af.wait_ti(run_id, "train", ("failed", "up_for_retry"), 60)  # latency: bench/detect_latency.py
     log = af.log(run_id, "train")
     assert "ended FAILED: cause" in log and "Last " in log and "log lines:" in log
     at_kill = latest_iteration(c)
@@ -302,14 +300,12 @@ def test_killed_trainer_fails_fast_then_rerun_resumes_then_hang_is_a_stall(live)
     assert "resubmitting as" in log and f"holds rollout {at_kill}" in log
     af.wait(lambda: latest_iteration(c) >= at_kill + 4, 60, "the resumed job to checkpoint")
     assert set(kept) <= set(checkpoints(c))  # nothing lost
-    assert f"rollout {at_kill + 1}: " in c.node_dir(0).joinpath("ray").rglob(
-        "job-driver-*-a2.log").__next__().read_text()
+    assert f"rollout {at_kill + 1}: " in next(c.node_tmp(0).joinpath("ray").rglob(
+        "job-driver-*-a2.log")).read_text()
     assert len(submissions(c, run_id)) == 2
     # now the trainer hangs: no rollout line for stall_timeout -> stalled, job stopped
-    c.fault("hang-trainer", node=0)
-    hung = time.time()
-    af.wait_ti(run_id, "train", "failed", 60)
-    assert time.time() - hung < 9 + 2 + 8
+    c.fault("hang-trainer", node=0)  # every training actor freezes; Ray sees nothing wrong
+    af.wait_ti(run_id, "train", "failed", 90)
     assert "cause stalled" in af.log(run_id, "train")
     assert af.wait_run(run_id, 60) == "failed"
     assert af.ti(run_id, "teardown")["state"] == "success"
@@ -321,11 +317,9 @@ def test_vanished_head_is_node_lost_at_the_next_poll(live):
     run_id, _ = start(af, 400)
     wait_training(af, run_id)
     kept = checkpoints(c)
-    c.fault("vanish-head", node=0)
-    c.fault("restart-sshd", node=0)  # the node reboots: sshd is back, Ray is gone
-    back = time.time()
-    af.wait_ti(run_id, "train", "failed", 60)
-    assert time.time() - back < 2 + 5 + 3
+    c.fault("vanish-head", node=0)   # a power cut: everything on the node dies at once
+    c.fault("reboot-node", node=0)   # it boots again: sshd is back, Ray is gone
+    af.wait_ti(run_id, "train", "failed", 90)
     log = af.log(run_id, "train")
     assert "ended LOST: cause node lost" in log and "no Ray cluster answers" in log
     assert af.wait_run(run_id, 60) == "failed"

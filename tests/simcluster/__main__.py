@@ -77,7 +77,6 @@ def main(argv=None) -> int:
 def watch(state_dir: str, owner: int) -> int:
     """The owner (a test process) may be SIGKILLed and never run its teardown: then this takes
     the cluster down, so that no namespace, bridge or process outlives it."""
-    import os
     from tests.simcluster.cluster import alive
 
     c = SimCluster(state_dir)

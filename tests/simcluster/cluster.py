@@ -46,7 +46,6 @@ import base64
 import hashlib
 import json
 import os
-import re
 import shlex
 import shutil
 import signal
@@ -357,7 +356,16 @@ def _teardown_net(x: int) -> None:
     shutil.rmtree(NET_REGISTRY / str(x), ignore_errors=True)
 
 
+def guard_route() -> None:
+    """Route the whole test range 10.231.0.0/16 to `unreachable` on the host. Each bridge's /24 is
+    more specific and wins while it exists; once a bridge is gone (down, a killed test), a
+    connection to one of its old addresses fails here at once instead of following the host's
+    default route off the machine. It stays after down: it is the guard for late connections."""
+    _run(["ip", "route", "replace", "unreachable", f"{NET_PREFIX}.0.0/16"])
+
+
 def _make_bridge(x: int) -> str:
+    guard_route()
     bridge = f"sfbr{x}"
     _run(["ip", "link", "add", bridge, "type", "bridge"])
     _run(["ip", "addr", "add", f"{subnet_host(x)}/24", "dev", bridge])
@@ -620,7 +628,10 @@ class SimCluster:
     def up(cls, state_dir, nodes: int = 1, gpu: str = "H100", gpus_per_node: int = 8,
            storage: str = "shared", disk_mb: int | None = None, driver: str = DEFAULT_DRIVER,
            rollout_seconds: float = 0.5, hub: bool = True, owner_pid: int | None = None) -> "SimCluster":
-        """`owner_pid`: tear the cluster down when that process dies (a killed test)."""
+        """`owner_pid` (default: $SIMCLUSTER_OWNER_PID, which tests/conftest.py sets to the pytest
+        process): tear the cluster down when that process dies, e.g. a killed test."""
+        if owner_pid is None and os.environ.get("SIMCLUSTER_OWNER_PID", "").isdigit():
+            owner_pid = int(os.environ["SIMCLUSTER_OWNER_PID"])
         self = cls(state_dir)
         self._up(nodes, gpu, gpus_per_node, storage, disk_mb, driver, rollout_seconds, hub, owner_pid)
         return self
@@ -861,7 +872,10 @@ SetEnv {' '.join(f'{k}={_setenv_value(v)}' for k, v in setenv.items())}
         self._record_init(i, init)
         host_if, node_if = f"sf{net['x']}h{i}", f"sf{net['x']}n{i}"
         subprocess.run(["ip", "link", "del", host_if], capture_output=True)  # left by a power cut
-        _run(["ip", "link", "add", host_if, "type", "veth", "peer", "name", node_if])
+        # a fixed MAC per node address: after a reboot the host's ARP entry for it stays right
+        mac = f"02:5f:{net['x']:02x}:00:{i >> 8:02x}:{i & 0xff:02x}"
+        _run(["ip", "link", "add", host_if, "type", "veth", "peer", "name", node_if, "address", mac])
+        subprocess.run(["ip", "neigh", "flush", "to", subnet_host(net["x"], i)], capture_output=True)
         _run(["ip", "link", "set", host_if, "master", net["bridge"], "up"])
         _run(["ip", "link", "set", node_if, "netns", str(init)])
         ip = subnet_host(net["x"], i)

@@ -1,18 +1,39 @@
-"""`make demo`: a 2-node simulated H100 cluster, slime_qwen3_next_80b_a3b end to end with
-`airflow dags test`, and the XCom chain as one JSON line at the end."""
+"""`make demo`: a 2-node simulated H100 cluster (namespaced nodes, real sshd, real Ray),
+slime_qwen3_next_80b_a3b end to end with `airflow dags test`, the progress lines as they come,
+and the XCom chain as one JSON line at the end."""
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
 
-from tests.simcluster.airflow_run import airflow, airflow_env, read_xcoms, run_conf
+from tests.simcluster.airflow_run import VENV_BIN, airflow, airflow_env, read_xcoms, run_conf
 from tests.simcluster.cluster import SimCluster
 
 DAG_ID = "slime_qwen3_next_80b_a3b"
+
+
+PROGRESS = re.compile(r"\] (progress: .*?)(?: \[slimeflow|$)")
+
+
+def follow(log: Path, proc: subprocess.Popen) -> None:
+    """Print the run's progress lines (`rollout i/N ...`) while `airflow dags test` writes its log."""
+    with open(log, errors="replace") as f:
+        while True:
+            line = f.readline()
+            if not line:
+                if proc.poll() is not None:
+                    return
+                time.sleep(0.2)
+                continue
+            m = PROGRESS.search(line.rstrip())
+            if m:
+                print(f"demo: {m.group(1)}", file=sys.stderr, flush=True)
 
 
 def main(argv=None) -> int:
@@ -38,8 +59,10 @@ def main(argv=None) -> int:
         airflow(env, "db", "migrate", stdout=log, stderr=log, check=True)
         conf = run_conf(cluster)
         print(f"demo: airflow dags test {DAG_ID} (log: {log.name})", file=sys.stderr)
-        res = airflow(env, "dags", "test", DAG_ID, "--conf", json.dumps(conf),
-                      stdout=log, stderr=log)
+        proc = subprocess.Popen([str(VENV_BIN / "airflow"), "dags", "test", DAG_ID, "--conf", json.dumps(conf)],
+                                env=env, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        follow(Path(log.name), proc)
+        res = proc
         log.close()
         xcoms = read_xcoms(env, DAG_ID)["xcom"]
         if res.returncode != 0 or "train" not in xcoms:

@@ -218,7 +218,7 @@ def _foreign_gpu_proc(cluster, node=None, gpu_index: int = 0, used_memory: int =
     It dies with the node."""
     i = _node(cluster, node)
     nd = cluster.node_dir(i)
-    r = cluster.nsenter(i, ["setsid", "-f", "sleep", FOREIGN_ARG])
+    r = cluster.nsenter(i, ["sh", "-c", f"setsid -f sleep {FOREIGN_ARG} > /dev/null 2>&1 < /dev/null"])
     if r.returncode != 0:
         raise SimClusterError(f"could not start the foreign process on node {i}: {r.stderr.strip()}")
     found = _wait_for("sleep", lambda: [p for p in procs_of(cluster.dir, i)

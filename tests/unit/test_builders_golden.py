@@ -1,10 +1,13 @@
 """The builders must reproduce the seed scripts' commands flag for flag.
 
 The goldens in tests/golden/ were produced by running the seed scripts themselves with recording
-stubs (tests/golden/regen_from_seed.sh), not transcribed by hand.
+stubs (tests/golden/regen_from_seed.sh), not transcribed by hand. Their "entrypoint" is the argv
+the seed hands `ray job submit --`, which is what the seed's train.py receives on Ray >= 2.56;
+what OUR train.py receives must equal it, whichever quoting the head's Ray needs.
 """
 import json
 import shlex
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -30,17 +33,32 @@ def _cfg(recipe, nodes, master, **params):
     return RunConfig.from_params(recipe, {**base, **params}, hosts=hosts)
 
 
+def received_by_train_py(tokens: list, ray_version: str) -> list:
+    """What the job's shell passes on: Ray joins the tokens after `--` (shlex.join since 2.56,
+    subprocess.list2cmdline before) and runs the line with /bin/sh -c, here parsed as sh would."""
+    if builders.ray_version_tuple(ray_version) >= (2, 56):
+        line = shlex.join(tokens)
+    else:
+        line = subprocess.list2cmdline(tokens)
+    return shlex.split(line)
+
+
+@pytest.mark.parametrize("ray_version", ["2.60.0", "2.56.0", "2.55.1", "2.49.1"])
 @pytest.mark.parametrize("golden", sorted(CASES))
-def test_train_entrypoint_and_runtime_env_equal_seed(golden):
+def test_train_entrypoint_and_runtime_env_equal_seed(golden, ray_version):
     seed = json.loads((GOLDEN / f"{golden}.json").read_text())
     recipe, nodes = CASES[golden]
     # the 30B/4B seeds hard-code MASTER_ADDR=127.0.0.1; the Qwen3-Next seeds were run with 10.0.0.1
     master = "10.0.0.1" if "next" in golden else "127.0.0.1"
     cfg = _cfg(recipe, nodes, master)
-    facts = {"nvlink": True}
+    facts = {"nvlink": True, "ray_version": ray_version}
     step = builders.ray_job_submit(cfg, "sid", facts)
     entry = step.argv[step.argv.index("--") + 1:]
-    assert [shlex.split(t)[0] for t in entry] == seed["entrypoint"]
+    assert builders.train_entrypoint(cfg, facts) == seed["entrypoint"]
+    assert received_by_train_py(entry, ray_version) == seed["entrypoint"]
+    if builders.ray_version_tuple(ray_version) >= (2, 56):
+        # shlex.join quotes by itself: our tokens are the seed's, byte for byte
+        assert entry == seed["entrypoint"]
     assert step.runtime_env == seed["runtime_env"]
     assert builders.ray_start_head(cfg).argv == seed["ray_start_head"]
     workers = sorted(builders.ray_start_worker(cfg, n).argv for n in cfg.cluster.workers)
@@ -96,8 +114,9 @@ def test_convert_command_is_the_seeds():
 
 def test_download_commands():
     cfg = _cfg("qwen3-next-80b-a3b", 1, "10.0.0.1")
-    steps = {s["argv"][2]: s for s in builders.plan(cfg)["steps"]["download_model"]
-             + builders.plan(cfg)["steps"]["download_datasets"]}
+    plan = builders.plan(cfg, {"ray_version": "2.60.0"})
+    steps = {s["argv"][2]: s for s in plan["steps"]["download_model"]
+             + plan["steps"]["download_datasets"]}
     assert steps["Qwen/Qwen3-Next-80B-A3B-Thinking"]["argv"] == [
         "hf", "download", "Qwen/Qwen3-Next-80B-A3B-Thinking", "--local-dir",
         "/root/Qwen3-Next-80B-A3B-Thinking", "--revision", "main"]

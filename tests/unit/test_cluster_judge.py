@@ -16,8 +16,8 @@ def healthy_probe(name="NVIDIA H100 80GB HBM3", cc="9.0", n=8):
                   "driver": "580.95.05"} for i in range(n)],
         "gpu_error": None, "gpu_processes": [], "nvlink": True,
         "torch": {"version": "2.8.0", "cuda": "12.8"},
-        "packages": {k: dict(pkg) for k in ("slime", "megatron", "ray", "sglang",
-                                            "causal_conv1d")}
+        "packages": {k: dict(pkg) for k in ("slime", "megatron", "sglang", "causal_conv1d")}
+        | {"ray": {"present": True, "version": "2.60.0", "cli_version": "2.60.0"}}
         | {"fla": {"present": True, "wy_fast": "unpatched"}},
         "hf_cli": {"present": True, "path": "/usr/bin/hf", "version": "1.33.0"}, "disk": {"writable": True, "free_bytes": 5000 * GB},
         "ram": {"total_bytes": 2000 * GB}, "ports": {"6379": False, "8265": False},

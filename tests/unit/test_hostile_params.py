@@ -1,5 +1,5 @@
 """The hostile-value corpus (tests/hostile_corpus.py) against validation, the form schema and the
-one place a shell sees our values (Ray's entrypoint line)."""
+one place a shell sees our values (Ray's entrypoint line, for both ways Ray builds it)."""
 import json
 import os
 import shlex
@@ -87,54 +87,98 @@ def test_valid_values_pass_schema_and_validation():
         Param(specs[k][0], **specs[k][1]).resolve(value=val)
 
 
-# -- the one shell: Ray joins the entrypoint with subprocess.list2cmdline, the head runs sh -c --
+# -- the one shell: Ray joins the entrypoint into a line (shlex.join since Ray 2.56,
+# subprocess.list2cmdline before) and the head runs it with /bin/sh -c ------------------------
 
 ARGV_DUMP = "import json, sys; open(sys.argv[1], 'w').write(json.dumps(sys.argv[2:]))"
+QUOTINGS = ["shlex", "list2cmdline"]
+JOIN = {"shlex": shlex.join, "list2cmdline": subprocess.list2cmdline}
 
 
-def _through_ray_shell(tmp_path: Path, tokens: list) -> list:
-    """Run tokens exactly as a Ray job would: builders' quoting, list2cmdline, /bin/sh -c."""
+def _through_ray_shell(tmp_path: Path, tokens: list, quoting: str, raw: bool = False) -> list:
+    """Run tokens exactly as a Ray job would: the builder's tokens for this Ray (or the tokens
+    as they are, raw=True), Ray's join, /bin/sh -c."""
     script = tmp_path / "dump.py"
     script.write_text(ARGV_DUMP)
     out = tmp_path / "argv.json"
     out.unlink(missing_ok=True)
     entry = [sys.executable, str(script), str(out), *tokens]
-    line = subprocess.list2cmdline([builders._entry_token(t) for t in entry])
+    line = JOIN[quoting](entry if raw else builders.entrypoint_tokens(entry, quoting))
     subprocess.run(["/bin/sh", "-c", line], cwd=tmp_path, check=True, timeout=30,
-                   env={"PATH": os.environ["PATH"]})
+                   env={"PATH": os.environ["PATH"], "HOME": "/nonexistent-home"})
     return json.loads(out.read_text())
 
 
-def test_inert_values_reach_the_trainer_verbatim_through_rays_shell(tmp_path):
-    (tmp_path / "a").write_text("a file a glob would match")
-    assert _through_ray_shell(tmp_path, INERT) == INERT
+def _glob_bait(tmp_path):
+    # files that an unquoted [1,1,1], [a-z] or a* would expand to
+    for name in ("a", "1", ","):
+        (tmp_path / name).write_text("a file a glob would match")
 
 
-def test_the_entrypoint_quoting_holds_even_for_values_validation_refuses(tmp_path):
-    """Defence in depth: every string in the corpus either reaches the shell's argv verbatim or is
-    refused by the builder; the marker never appears."""
-    Path(MARKER).unlink(missing_ok=True)
+@pytest.mark.parametrize("quoting", QUOTINGS)
+def test_inert_values_reach_the_trainer_verbatim_through_rays_shell(tmp_path, quoting):
+    _glob_bait(tmp_path)
+    assert _through_ray_shell(tmp_path, INERT, quoting) == INERT
+
+
+def _corpus_strings():
     strings = {v for _, v, _ in CORPUS if isinstance(v, str) and len(v) < 10_000}
     strings |= {t for _, v, _ in CORPUS if isinstance(v, list)
                 for t in v if isinstance(t, str) and len(t) < 10_000}
+    return sorted(strings)
+
+
+@pytest.mark.parametrize("quoting", QUOTINGS)
+def test_the_entrypoint_quoting_holds_even_for_values_validation_refuses(tmp_path, quoting):
+    """Defence in depth: every string in the corpus either reaches the shell's argv verbatim or is
+    refused by the builder; the marker never appears."""
+    Path(MARKER).unlink(missing_ok=True)
+    _glob_bait(tmp_path)
     refused, passed = [], []
-    for s in sorted(strings):
+    for s in _corpus_strings():
         try:
-            builders._entry_token(s)
+            builders.entrypoint_tokens([s], quoting)
         except ValueError:
             refused.append(s)
             continue
         passed.append(s)
-    assert _through_ray_shell(tmp_path, passed) == passed
+    extra = ["$HOME", "[1,1,1]", "a*", "~", "#x", "{a,b}"]
+    if quoting == "shlex":
+        extra += ["'q'", "a b", 'say "hi"', "back\\slash", "two\nlines"]
+    assert _through_ray_shell(tmp_path, passed + extra, quoting) == passed + extra
     assert not Path(MARKER).exists()
-    # what the builder refuses is exactly what list2cmdline would wrap in double quotes (where
-    # sh expands $(...)) or what cannot be an argv element
-    for s in refused:
-        assert not s or any(c in s for c in ' \t\n\r"\\\x00') or "'" in s, s
+    if quoting == "shlex":
+        # shlex.join + sh -c carries everything but NUL (which no argv can hold)
+        assert all("\x00" in s for s in refused), refused
+    else:
+        # what the builder refuses is exactly what list2cmdline would wrap in double quotes
+        # (where sh expands $(...)) or what cannot be an argv element
+        for s in refused:
+            assert not s or any(c in s for c in ' \t\n\r"\\\x00') or "'" in s, s
+
+
+def test_validation_refuses_whatever_rays_shlex_join_would_not_carry():
+    """On Ray >= 2.56 only NUL cannot reach train.py; validation refuses it in every field that
+    becomes a train argument (paths and extra_train_args)."""
+    for field, value in (("base_folder", "/root\x00/etc"), ("extra_train_args", ["--lr", "1\x00"])):
+        with pytest.raises(ParamError):
+            RunConfig.from_params(RECIPE, dict(BASE, **{field: value}), hosts=["10.0.0.1"])
+
+
+def test_pre_quoted_tokens_reach_train_py_with_their_quotes_under_shlex_join(tmp_path):
+    """Why Ray >= 2.56 gets raw tokens: its shlex.join quotes by itself, so the old pre-quoting
+    arrives literally (seen on a real Ray 2.60: `'[1,1,1]'` reached the script quotes and all,
+    which Megatron refuses: invalid moe_freq_type value)."""
+    _glob_bait(tmp_path)
+    pre_quoted = builders.entrypoint_tokens(["[1,1,1]", "$HOME"], "list2cmdline")
+    assert _through_ray_shell(tmp_path, pre_quoted, "shlex", raw=True) == ["'[1,1,1]'",
+                                                                           "'$HOME'"]
+    assert _through_ray_shell(tmp_path, ["[1,1,1]", "$HOME"], "shlex") == ["[1,1,1]", "$HOME"]
 
 
 def test_plain_shlex_quote_is_not_enough_under_list2cmdline(tmp_path):
-    """Why builders._entry_token exists: a quoted token with a space is double-quoted again."""
+    """Why builders._entry_token exists (Ray < 2.56): a quoted token with a space is
+    double-quoted again."""
     Path(MARKER).unlink(missing_ok=True)
     tok = f"a $(touch {MARKER})"
     line = subprocess.list2cmdline(["echo", shlex.quote(tok)])
@@ -153,7 +197,7 @@ def test_secrets_go_to_the_environment_never_argv():
     assert "wk-123" not in json.dumps(head.argv)
     assert head.public()["env"]["WANDB_API_KEY"] == "***"
     assert "--dashboard-host=127.0.0.1" in head.argv
-    sub = builders.ray_job_submit(cfg, "sid")
+    sub = builders.ray_job_submit(cfg, "sid", {"ray_version": "2.60.0"})
     assert "WANDB" not in json.dumps(sub.argv) and "HF_TOKEN" not in json.dumps(sub.argv)
     # the seed's default is kept (golden tests), so the exposure is opt-out
     default = RunConfig.from_params(RECIPE, BASE, hosts=["10.0.0.1"])

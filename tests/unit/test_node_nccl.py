@@ -197,23 +197,18 @@ def test_more_gpus_than_visible(tmp_path):
 def test_detection_without_json_is_an_error(tmp_path):
     exe, _, env = fake_python(tmp_path, "none")
     env["FAKE_DETECT"] = ""
-    t0 = time.time()
     # the fake answers -c at once with an empty line: no JSON -> an error, not a hang
     rc, out = run(["--python", str(exe), "--timeout", "3"], env_extra=env)
-    assert rc == 1 and "exited with 0" in out["error"]
-    assert time.time() - t0 < 20
+    assert rc == 1 and "exited with 0" in out["error"] and "timeout" not in out["error"]
 
 
 def test_detection_that_hangs_is_bounded(tmp_path):
     exe = tmp_path / "slowpy"
     exe.write_text("#!/bin/sh\nsleep 300 &\necho $! > %s\nwait\n" % (tmp_path / "pid"))
     exe.chmod(0o755)
-    t0 = time.time()
     rc, out = run(["--python", str(exe), "--timeout", "2"])
-    took = time.time() - t0
     assert rc == 1 and out["ok"] is False
     assert "did not finish within the 2 s timeout" in out["error"]
-    assert took < 15
     pid = int((tmp_path / "pid").read_text())
     deadline = time.time() + 5
     while nc._alive(pid) and time.time() < deadline:
@@ -224,13 +219,10 @@ def test_detection_that_hangs_is_bounded(tmp_path):
 def test_worker_timeout_kills_the_process_group(tmp_path):
     exe, pids_file, env = fake_python(tmp_path, "hang")
     env["NCCL_NVLS_ENABLE"] = "0"
-    t0 = time.time()
     rc, out = run(["--python", str(exe), "--timeout", "3"], env_extra=env)
-    took = time.time() - t0
     assert rc == 1 and out["ok"] is False and out["world_size"] == 2
     assert "did not finish within the 3 s timeout" in out["error"]
     assert "process group was killed" in out["error"]
-    assert took < 20
     assert out["env"]["NCCL_NVLS_ENABLE"] == "0"
     deadline = time.time() + 5
     pids, alive = _alive_pids(pids_file)
@@ -243,10 +235,9 @@ def test_worker_timeout_kills_the_process_group(tmp_path):
 
 def test_a_failing_rank_stops_the_others_at_once(tmp_path):
     exe, pids_file, env = fake_python(tmp_path, "fail")
-    t0 = time.time()
     rc, out = run(["--python", str(exe), "--timeout", "60"], env_extra=env)
-    assert time.time() - t0 < 20  # not the 60 s timeout
     assert rc == 1 and out["ok"] is False
+    assert "did not finish within" not in out["error"]  # stopped by the failure, not the 60 s timeout
     assert out["error"].startswith("rank 1 exited with 1: RuntimeError: NCCL error")
     pids, alive = _alive_pids(pids_file)
     deadline = time.time() + 5

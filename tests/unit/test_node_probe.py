@@ -208,6 +208,15 @@ def test_parse_hf_version(text, version):
     assert probe.parse_hf_version(text) == version
 
 
+@pytest.mark.parametrize("text,version", [
+    ("ray, version 2.60.0\n", "2.60.0"),  # real Ray 2.60
+    ("ray, version 2.9.3\n", "2.9.3"),
+    ("Usage: ray [OPTIONS]\n", None),
+])
+def test_parse_ray_version(text, version):
+    assert probe.parse_ray_version(text) == version
+
+
 @pytest.mark.parametrize("arg,expected", [
     ("model:Qwen/Qwen3-Next-80B-A3B-Thinking@main", ("model", "Qwen/Qwen3-Next-80B-A3B-Thinking", "main")),
     ("dataset:zhuzilin/dapo-math-17k", ("dataset", "zhuzilin/dapo-math-17k", "main")),
@@ -424,6 +433,18 @@ def test_full_probe_h100(node):
     assert r["ram"]["total_bytes"] >= r["ram"]["available_bytes"] > 0
     assert set(r["ports"]) == {"6379", "8265"} and all(isinstance(v, bool) for v in r["ports"].values())
     assert r["hub"] == []
+
+
+def test_full_probe_reports_the_ray_cli_that_would_run_ray_job_submit(node):
+    # the `ray` on PATH decides the entrypoint quoting; it may differ from python3's ray dist
+    _exe(node["bin"] / "ray", "#!/bin/sh\necho 'ray, version 2.55.1'\n")
+    r, _ = run_probe(node, "h100")
+    ray = r["packages"]["ray"]
+    assert ray["version"] == "2.49.1" and ray["cli_version"] == "2.55.1"
+    assert ray["cli_path"] == str(node["bin"] / "ray")
+    os.unlink(str(node["bin"] / "ray"))
+    r, _ = run_probe(node, "h100")
+    assert r["packages"]["ray"]["cli_version"] is None and r["packages"]["ray"]["present"]
 
 
 def test_full_probe_b200(node):

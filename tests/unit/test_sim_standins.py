@@ -1,6 +1,6 @@
-"""The simulated cluster's hub and stand-ins, without sshd: the real `hf download` against the
-loopback hub, the trainer and converter stand-ins (the converter under the real torchrun), and the
-Ray CLI stand-in (head + worker + jobs) in a private RAY_TMPDIR on free loopback ports."""
+"""The simulated cluster's hub and converter stand-in, without sshd: the real `hf download` against
+the loopback hub, and the converter under the real torchrun. The trainer stand-in is a real Ray
+driver; tests/unit/test_train_standin_ray.py runs it on real Ray."""
 import hashlib
 import json
 import os
@@ -21,7 +21,6 @@ HF = shutil.which("hf", path=str(VENV_BIN)) or str(REPO / ".venv" / "bin" / "hf"
 TORCHRUN = shutil.which("torchrun", path=str(VENV_BIN)) or str(REPO / ".venv" / "bin" / "torchrun")
 TRAIN = SIM / "standins" / "train.py"
 CONVERT = SIM / "standins" / "convert_hf_to_torch_dist.py"
-RAY = SIM / "bin" / "ray"
 
 from tests.simcluster.hub import MODEL_CONFIGS, HubServer  # noqa: E402
 
@@ -217,92 +216,6 @@ def run_train(inp, args, gpus="8", **kw):
                           **kw)
 
 
-def test_trainer_save_resume_zero(inputs, tmp_path):
-    save = tmp_path / "slime"
-    r = run_train(inputs, train_args(inputs, save, 5))
-    assert r.returncode == 0, r.stderr
-    assert sorted(p.name for p in save.iterdir()) == ["iter_0000001", "iter_0000003", "iter_0000004",
-                                                       "latest_checkpointed_iteration.txt", "rollout"]
-    assert (save / "latest_checkpointed_iteration.txt").read_text() == "4"
-    assert (save / "rollout" / "global_dataset_state_dict_4.pt").exists()
-    lines = r.stdout.splitlines()
-    import re
-    pat = re.compile(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\] [\w.]+\.py:\d+ - ")
-    assert all(pat.match(ln) for ln in lines)
-    assert any(re.search(r"rollout.py:\d+ - rollout 0: \{'rollout/raw_reward': ", ln) for ln in lines)
-    assert any(re.search(r" - step 4: \{'train/loss': .*'train/grad_norm': ", ln) for ln in lines)
-    assert any(" - Timer train end (elapsed: " in ln for ln in lines)
-    assert any(" - perf 4: {" in ln for ln in lines)
-    assert any(" - eval " in ln and "'eval/aime'" in ln for ln in lines)
-
-    r = run_train(inputs, train_args(inputs, save, 7))
-    assert r.returncode == 0, r.stderr
-    assert "rollout 5:" in r.stdout and "rollout 4:" not in r.stdout
-    assert (save / "latest_checkpointed_iteration.txt").read_text() == "6"
-
-    r = run_train(inputs, train_args(inputs, save, 7))
-    assert r.returncode == 0
-    assert "no rollouts left" in r.stdout and " - rollout 7:" not in r.stdout
-
-
-def test_trainer_validation_and_gpu_accounting(inputs, tmp_path):
-    save = tmp_path / "s"
-    args = train_args(inputs, save, 3)
-    r = run_train(inputs, args, gpus="4")
-    assert r.returncode == 1 and "Placement group needs 8 GPUs" in r.stderr
-    bad = list(args)
-    bad[bad.index("--ref-load") + 1] = str(tmp_path / "nope")
-    r = run_train(inputs, bad)
-    assert r.returncode == 1 and "latest_checkpointed_iteration.txt" in r.stderr
-    bad = list(args)
-    bad[bad.index("--hf-checkpoint") + 1] = str(tmp_path)
-    r = run_train(inputs, bad)
-    assert r.returncode == 1 and "config.json" in r.stderr
-    bad = list(args)
-    bad[bad.index("--prompt-data") + 1] = str(tmp_path / "x.jsonl")
-    r = run_train(inputs, bad)
-    assert r.returncode == 1 and "FileNotFoundError" in r.stderr
-    r = run_train(inputs, ["stray"] + args)
-    assert r.returncode == 2 and "unrecognized arguments: stray" in r.stderr
-
-
-@pytest.mark.parametrize("kind,needle", [("oom", "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate"),
-                                         ("nccl", "torch.distributed.DistBackendError: NCCL error in:"),
-                                         ("exception", "KeyError:")])
-def test_trainer_faults(inputs, tmp_path, kind, needle):
-    f = inputs["sim"] / "faults" / kind
-    f.write_text("once at=1")
-    try:
-        save = tmp_path / "s"
-        r = run_train(inputs, train_args(inputs, save, 5, save_interval=1))
-        assert r.returncode == 1 and needle in r.stderr
-        assert (save / "latest_checkpointed_iteration.txt").read_text() == "0"
-        assert not f.exists()
-    finally:
-        f.unlink(missing_ok=True)
-
-
-def test_trainer_sigterm_finishes_save(inputs, tmp_path):
-    sim = tmp_path / "sim"
-    sim.mkdir()
-    (sim / "sim.json").write_text(json.dumps({"rollout_seconds": 0.05, "save_seconds": 1.5}))
-    save = tmp_path / "s"
-    env = dict(os.environ, SIMCLUSTER_DIR=str(sim), SIM_RAY_CLUSTER_GPUS="8")
-    p = subprocess.Popen([sys.executable, str(TRAIN), *train_args(inputs, save, 50, save_interval=1)], env=env,
-                         stdout=subprocess.PIPE, text=True)
-    for line in p.stdout:
-        if "saving checkpoint at iteration" in line:
-            break
-    p.send_signal(signal.SIGTERM)
-    rest = p.stdout.read()
-    assert p.wait(10) == -signal.SIGTERM
-    assert "successfully saved checkpoint from iteration       0" in rest
-    assert (save / "latest_checkpointed_iteration.txt").read_text() == "0"
-
-
-# ------------------------------------------------------------------------------------------------
-# converter stand-in under the real torchrun
-# ------------------------------------------------------------------------------------------------
 def torchrun(inp, nproc, save, extra=(), sim=None):
     mega = inp["dir"] / "Megatron-LM"
     (mega / "megatron").mkdir(parents=True, exist_ok=True)
@@ -321,10 +234,8 @@ def torchrun(inp, nproc, save, extra=(), sim=None):
 @pytest.mark.parametrize("nproc", [2, 8])
 def test_converter_under_torchrun(inputs, tmp_path, nproc):
     save = tmp_path / "td"
-    t0 = time.time()
     r = torchrun(inputs, nproc, save)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert time.time() - t0 < 60
     assert (save / "latest_checkpointed_iteration.txt").read_text() == "release"
     rel = save / "release"
     names = sorted(p.name for p in rel.iterdir())
@@ -372,122 +283,3 @@ def procs_with(marker: str) -> list[int]:
         if marker.encode() in env and stat not in ("Z", "X"):
             out.append(int(ent))
     return out
-
-
-@pytest.fixture
-def ray_env(tmp_path, inputs):
-    marker = f"SIMRAYTEST_{os.getpid()}_{time.time_ns()}"
-    nodes = [tmp_path / "n0", tmp_path / "n1"]
-    for n in nodes:
-        n.mkdir()
-    cwd = tmp_path / "slime"
-    cwd.mkdir()
-    shutil.copy(TRAIN, cwd / "train.py")
-    base = dict(os.environ, PATH=f"{RAY.parent}:{VENV_BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}",
-                SIMCLUSTER_DIR=str(inputs["sim"]), SIM_TEST_MARKER=marker)
-    envs = [dict(base, RAY_TMPDIR=str(n), SIMCLUSTER_NODE=str(i)) for i, n in enumerate(nodes)]
-    gport, dport = free_port(), free_port()
-
-    def ray(i, *args, timeout=60):
-        return subprocess.run([str(RAY), *args], env=envs[i], cwd=cwd, capture_output=True, text=True,
-                              timeout=timeout, stdin=subprocess.DEVNULL)
-
-    yield {"ray": ray, "nodes": nodes, "gport": gport, "dport": dport, "cwd": cwd, "marker": marker}
-    for i in (1, 0):
-        ray(i, "stop", "--force")
-    left = procs_with(marker)
-    for pid in left:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    assert not left, f"processes left behind: {left}"
-
-
-def test_ray_cluster_jobs_and_stop(ray_env, inputs, tmp_path):
-    ray, g, dp = ray_env["ray"], ray_env["gport"], ray_env["dport"]
-    r = ray(0, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(g), "--num-gpus", "8",
-            "--disable-usage-stats", "--dashboard-host=127.0.0.1", f"--dashboard-port={dp}")
-    assert r.returncode == 0, r.stderr
-    assert "Ray runtime started." in r.stdout and f"ray start --address='127.0.0.1:{g}'" in r.stdout
-    r = ray(0, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(g), "--num-gpus", "8")
-    assert r.returncode == 1 and "but is already running at" in r.stderr
-    r = ray(1, "start", f"--address=127.0.0.1:{g}", "--num-gpus", "8", "--node-ip-address", "127.0.0.1",
-            "--disable-usage-stats")
-    assert r.returncode == 0, r.stderr
-    addr = f"--address=http://127.0.0.1:{dp}"
-    save = tmp_path / "save"
-    args = train_args(inputs, save, 3)
-    args[args.index("--actor-num-gpus-per-node") + 1] = "8"
-    args[args.index("--actor-num-nodes") + 1] = "2"
-    args[args.index("--pipeline-model-parallel-size") + 1] = "4"
-    args.insert(0, "--colocate")
-    env_json = json.dumps({"env_vars": {"PYTHONPATH": "/root/Megatron-LM/", "CUDA_DEVICE_MAX_CONNECTIONS": "1"}})
-    # attached: tails the logs and exits 0 on success
-    r = ray(0, "job", "submit", addr, "--submission-id", "sf-1", f"--runtime-env-json={env_json}", "--",
-            "python3", "train.py", *args)
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert "Job 'sf-1' submitted successfully" in r.stdout and "rollout 2:" in r.stdout
-    assert "Job 'sf-1' succeeded" in r.stdout
-    log = ray_env["nodes"][0] / "session_latest" / "logs" / "job-driver-sf-1.log"
-    assert "Creating placement group with 16 GPUs" in log.read_text()
-    # a duplicate submission id is refused
-    r = ray(0, "job", "submit", addr, "--submission-id", "sf-1", "--no-wait", "--", "true")
-    assert r.returncode == 1 and "Job with submission_id sf-1 already exists" in r.stderr
-    # too many GPUs -> FAILED, attached submit exits 1
-    bad = list(args)
-    bad[bad.index("--actor-num-nodes") + 1] = "3"
-    r = ray(0, "job", "submit", addr, "--submission-id", "sf-2", "--", "python3", "train.py", *bad)
-    assert r.returncode == 1 and "Job 'sf-2' failed" in r.stdout
-    r = ray(0, "job", "status", addr, "sf-2")
-    assert r.returncode == 0 and "failed with exit code 1" in r.stdout
-    # detached + stop
-    (inputs["sim"] / "sim.json").write_text(json.dumps({"rollout_seconds": 0.2, "save_seconds": 0.01}))
-    try:
-        long = train_args(inputs, tmp_path / "save2", 1000)
-        r = ray(0, "job", "submit", addr, "--submission-id", "sf-3", "--no-wait", "--", "python3", "train.py",
-                *long)
-        assert r.returncode == 0 and "Tailing logs" not in r.stdout
-        time.sleep(1.0)
-        r = ray(0, "job", "status", addr, "sf-3")
-        assert "Status for job 'sf-3': RUNNING" in r.stdout
-        r = ray(0, "job", "logs", addr, "sf-3")
-        assert "rollout 0:" in r.stdout
-        r = ray(0, "job", "stop", addr, "sf-3")
-        assert r.returncode == 0 and "Job 'sf-3' was stopped" in r.stdout
-        assert not [p for p in procs_with(ray_env["marker"]) if b"train.py" in Path(f"/proc/{p}/cmdline").read_bytes()]
-    finally:
-        (inputs["sim"] / "sim.json").write_text(json.dumps({"rollout_seconds": 0.01, "save_seconds": 0.01}))
-    r = ray(0, "job", "list", addr)
-    assert "sf-3" in r.stdout
-    # ray stop on each node
-    r = ray(1, "stop")
-    assert "Stopped all" in r.stdout
-    r = ray(0, "stop")
-    assert "Stopped all" in r.stdout
-    r = ray(0, "stop")
-    assert "Did not find any active Ray processes." in r.stdout
-    r = ray(0, "job", "status", addr, "sf-3")
-    assert r.returncode == 1 and f"ConnectionError: Failed to connect to Ray at address: http://127.0.0.1:{dp}." \
-        in r.stderr
-    assert procs_with(ray_env["marker"]) == []
-
-
-def test_ray_head_vanishes_takes_jobs_along(ray_env):
-    ray, g, dp = ray_env["ray"], ray_env["gport"], ray_env["dport"]
-    r = ray(0, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(g), "--num-gpus", "8",
-            "--disable-usage-stats", "--dashboard-host=127.0.0.1", f"--dashboard-port={dp}")
-    assert r.returncode == 0, r.stderr
-    r = ray(0, "job", "submit", f"--address=http://127.0.0.1:{dp}", "--submission-id", "v1", "--no-wait", "--",
-            "sleep", "300")
-    assert r.returncode == 0
-    st = json.loads((ray_env["nodes"][0] / "ray" / "sim_node.json").read_text())
-    os.kill(st["pid"], signal.SIGKILL)
-    deadline = time.time() + 5
-    while procs_with(ray_env["marker"]) and time.time() < deadline:
-        time.sleep(0.1)
-    assert procs_with(ray_env["marker"]) == []
-    r = ray(0, "job", "status", f"--address=http://127.0.0.1:{dp}", "v1")
-    assert r.returncode == 1 and "Failed to connect to Ray at address" in r.stderr
-    r = ray(1, "start", f"--address=127.0.0.1:{g}", "--num-gpus", "8")
-    assert r.returncode == 1 and "Unable to connect to GCS" in r.stderr

@@ -14,7 +14,7 @@ def _trigger():
                            base_id="slimeflow-d-r-1", sub_id="slimeflow-d-r-1-a2",
                            watch_argv=["python3", "/b/.slimeflow/node/x/jobwatch.py"],
                            stop_argv=["ray", "job", "stop", "x"],
-                           stop_env={"RAY_JOB_STOP_WAIT_TIME_S": "600"}, ray_stop_argv=["ray", "stop"],
+                           stop_env={}, ray_stop_argv=["ray", "stop"],
                            cwd="/root/slime", total=300, poll_interval=15,
                            unreachable_timeout=600, stall_timeout=7200, start_iteration=11)
 

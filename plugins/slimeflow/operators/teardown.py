@@ -44,8 +44,10 @@ class TeardownOperator(SlimeOperator):
                 self.log.info("[%s] ray job stop %s: exit %d", head, sub_id, res.rc)
 
         def stop(node):
-            r = self.run_step(cfg, builders.ray_stop(cfg, node), check=False, timeout=300)
+            r = self.run_step(cfg, builders.ray_stop(cfg, node), check=False,
+                              timeout=builders.RAY_STOP_TIMEOUT_S)
             return r.rc
+        # every node at once (on_nodes): one `ray stop` takes up to ~22 s for real
         rcs = self.on_nodes(ours, stop) if ours else {}
         for n in ours:
             try:

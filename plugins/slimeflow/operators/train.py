@@ -2,26 +2,38 @@
 from __future__ import annotations
 
 import json
-import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from slimeflow import builders
 from slimeflow.operators.base import SlimeOperator
-
-# `ray job status` prints terminal states as sentences and the others as "Status for job".
-_STATUS = [(re.compile(r"Job '[^']+' succeeded"), "SUCCEEDED"),
-           (re.compile(r"Job '[^']+' was stopped"), "STOPPED"),
-           (re.compile(r"Job '[^']+' failed"), "FAILED")]
-_STATUS_LINE = re.compile(r"Status for job '[^']+': (\w+)")
+from slimeflow.utils import nodescripts
 
 
-def parse_job_status(text: str):
-    """A Ray job state from `ray job status` output, None when it shows none."""
-    for rx, state in _STATUS:
-        if rx.search(text):
-            return state
-    m = _STATUS_LINE.search(text)
-    return m.group(1) if m else None
+def parse_job_status(text: str, sub_id: str):
+    """The state of job `sub_id` in `ray job status` output: PENDING/RUNNING/SUCCEEDED/FAILED/
+    STOPPED, MISSING (Ray does not know it), NO_CLUSTER (no Ray answers), or None. The parser is
+    include/node/raystate.py's, the one jobwatch.py uses on the head."""
+    return nodescripts.load("raystate").job_state(text, sub_id)
+
+
+# Right after `ray start`, the dashboard can answer a submit with HTTP 500 "No available agent
+# to submit job, please try again later." until the head's job agent registers. Only that is
+# retried, for at most SUBMIT_RETRY_S.
+NO_AGENT = "No available agent to submit job"
+SUBMIT_RETRY_S = 60
+SUBMIT_RETRY_PAUSE_S = 3
+
+
+def submit_failure(text: str, sub_id: str) -> str:
+    """'no_agent' (retry), 'exists' (a job with this id is already there) or 'other'."""
+    if NO_AGENT in text:
+        return "no_agent"
+    if f"Job with submission_id {sub_id} already exists" in text:
+        return "exists"
+    return "other"
+
+
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 
 
@@ -108,8 +120,16 @@ class TrainOperator(SlimeOperator):
             self.log.warning("[%s] resuming: --load %s/ holds rollout %d; slime continues at %d "
                              "and stops at the total --num-rollout %d", head, cfg.paths.save_dir,
                              it, it + 1, cfg.train.num_rollout)
-        self.start_ray(cfg, facts)
+        try:  # a Ray version we cannot quote the entrypoint for: refuse before starting Ray
+            builders.entry_quoting(facts, head)
+        except ValueError as e:
+            raise TrainingFailed(str(e)) from None
+        # Ray found running on a node is this run's only if this run started Ray before (the
+        # record says so; records from before that flag: an attempt was submitted)
+        started_by_run = bool(record.get("ray_started")) or any(a.get("submitted")
+                                                                for a in attempts)
         self.record_attempt(cfg, base_id, record, sub_id, it, submitted=False)
+        self.start_ray(cfg, base_id, started_by_run)
         self.submit(cfg, sub_id, facts)
         self._submitted = sub_id
         self.update_attempt(cfg, base_id, sub_id, submitted=True)
@@ -190,28 +210,33 @@ class TrainOperator(SlimeOperator):
 
     def on_kill(self):
         """Killed on the worker before deferring (mark failed/success, clear, run cancelled):
-        stop what this attempt submitted, then Ray on every node. Once deferred, the trigger's
-        on_kill does this."""
+        stop what this attempt submitted, then Ray on every node at once. Once deferred, the
+        trigger's on_kill does this. The task supervisor SIGKILLs this process a few seconds
+        after SIGTERM, so this is best effort; teardown runs `ray stop` again and checks it."""
         cfg, sub_id = self._cfg, self._submitted or self._base_id
         if cfg is None or sub_id is None:
             return
         from slimeflow.hooks.node import NodeHook
 
-        hooks = {}
-        try:
-            for node, step in [(cfg.cluster.head, builders.ray_job_cmd(cfg, "stop", sub_id))] + \
-                    [(n, builders.ray_stop(cfg, n)) for n in cfg.cluster.nodes]:
-                hook = hooks.setdefault(node, NodeHook(ssh_conn_id=node))
-                try:
-                    res = hook.run(step, builders.node_dir(cfg), check=False, timeout=60)
-                    self.log.info("[%s] on_kill: %s -> exit %d", node, " ".join(step.argv[:3]),
-                                  res.rc)
-                except Exception as e:  # best effort; teardown runs too
-                    self.log.warning("[%s] on_kill: %s failed: %s", node, step.argv[:3], e)
-        finally:
-            for h in hooks.values():
-                if getattr(h, "client", None):
-                    h.client.close()
+        def run(node, step, timeout):
+            hook = NodeHook(ssh_conn_id=node)
+            try:
+                res = hook.run(step, builders.node_dir(cfg), check=False, timeout=timeout)
+                self.log.info("[%s] on_kill: %s -> exit %d", node, " ".join(step.argv[:3]),
+                              res.rc)
+            except Exception as e:  # best effort; teardown runs too
+                self.log.warning("[%s] on_kill: %s failed: %s", node, step.argv[:3], e)
+            finally:
+                if getattr(hook, "client", None):
+                    hook.client.close()
+
+        stop = builders.ray_job_cmd(cfg, "stop", sub_id)
+        stop.argv.append("--no-wait")  # only the request: the time goes to `ray stop`
+        run(cfg.cluster.head, stop, 60)
+        nodes = list(cfg.cluster.nodes)
+        with ThreadPoolExecutor(max_workers=min(16, len(nodes))) as pool:
+            list(pool.map(lambda n: run(n, builders.ray_stop(cfg, n),
+                                        builders.RAY_STOP_TIMEOUT_S), nodes))
 
     # -- run record -------------------------------------------------------------------------
 
@@ -239,6 +264,11 @@ class TrainOperator(SlimeOperator):
         record["attempts"] = attempts
         self.write_record(cfg, base_id, record)
 
+    def mark_record(self, cfg, base_id, **fields):
+        record = self.read_record(cfg, base_id)
+        record.update(fields)
+        self.write_record(cfg, base_id, record)
+
     def update_attempt(self, cfg, base_id, sub_id, **fields):
         record = self.read_record(cfg, base_id)
         for a in record.get("attempts", []):
@@ -252,50 +282,122 @@ class TrainOperator(SlimeOperator):
         """A Ray job state, None when Ray does not know the job, 'NO_CLUSTER' without Ray."""
         res = self.run_step(cfg, builders.ray_job_cmd(cfg, "status", sub_id), check=False,
                             log=None, timeout=120)
-        state = parse_job_status(res.stdout + "\n" + res.stderr)
-        if state:
-            return state
-        text = (res.stdout + res.stderr).lower()
-        if "does not exist" in text or "not found" in text or "no job" in text:
+        state = parse_job_status(res.stdout + "\n" + res.stderr, sub_id)
+        if state == "MISSING":  # "Request failed with status code 404: Job ID does not exist."
             return None
-        return "NO_CLUSTER"
+        return state if state and state != "NO_CLUSTER" else "NO_CLUSTER"
 
     def next_attempt_id(self, cfg, base_id, n):
         while self.job_status(cfg, f"{base_id}-a{n}") not in (None, "NO_CLUSTER"):
             n += 1
         return f"{base_id}-a{n}"
 
-    def start_ray(self, cfg, facts):
+    def start_ray(self, cfg, base_id, started_by_run):
+        """Ray on every node, never a second raylet: a real `ray start --address` on a node
+        that already runs Ray starts another raylet (and the cluster counts the node twice),
+        and `ray start --head` on a running head refuses. So every node is asked first
+        (raystate.py), and cluster.ray_start_plan decides: reuse, or stop then start."""
+        from slimeflow.cluster import ClusterError, parse_ray_nodes, ray_start_plan
         from slimeflow.secrets import ray_head_env
+
+        head, nodes = cfg.cluster.head, list(cfg.cluster.nodes)
+        local = self.ray_on_nodes(cfg, nodes)
+        alive = None
+        if (local.get(head) or {}).get("running"):
+            res = self.run_step(cfg, builders.ray_list_nodes(cfg), check=False, log=None,
+                                timeout=120)
+            alive = parse_ray_nodes(res.stdout) if res.rc == 0 else None
+        try:
+            plan = ray_start_plan(cfg, local, alive, started_by_run)
+        except ClusterError as e:
+            raise TrainingFailed(str(e)) from None
+        if plan.reuse:
+            self.log.info("[%s] reusing Ray: %s (ray list nodes)", head, plan.reason)
+            return
+        # from here on, the Ray on these nodes is this run's (written before any `ray start`)
+        self.mark_record(cfg, base_id, ray_started=True)
+        if plan.stop:
+            self.log.warning("[%s] Ray runs on %s but cannot be reused (%s): `ray stop` there "
+                             "first, then start Ray on every node", head,
+                             ", ".join(plan.stop), plan.reason)
+            rcs = self.on_nodes(plan.stop, lambda n: self.run_step(
+                cfg, builders.ray_stop(cfg, n), check=False,
+                timeout=builders.RAY_STOP_TIMEOUT_S).rc)
+            left = {n: st for n, st in self.ray_on_nodes(cfg, plan.stop).items()
+                    if st.get("running")}
+            if left:
+                n, st = next(iter(left.items()))
+                pids = [r.get("pid") for r in st.get("raylets") or []] + list(
+                    st.get("gcs_servers") or [])
+                raise TrainingFailed(
+                    f"`ray stop` on node {n} (exit {rcs.get(n)}) left Ray processes running "
+                    f"(pids {', '.join(map(str, pids))}); run `ray stop --force` there, then "
+                    f"clear the train task.")
 
         # secrets (W&B key) ride in the head's environment via runner.py's stdin: every job
         # inherits them, and they never appear in --runtime-env-json or any other argv
         head_step = builders.ray_start_head(cfg, secret_env=ray_head_env())
         res = self.run_step(cfg, head_step, check=False, timeout=300)
-        if res.rc != 0 and "already" not in (res.stdout + res.stderr).lower():
-            raise TrainingFailed(f"`ray start --head` failed on node {cfg.cluster.head} (exit "
+        if res.rc != 0:
+            raise TrainingFailed(f"`ray start --head` failed on node {head} (exit "
                                  f"{res.rc}): {' | '.join(res.tail[-6:])}; check master_addr and "
                                  f"that ports 6379/8265 are free.")
 
         def worker(node):
             r = self.run_step(cfg, builders.ray_start_worker(cfg, node), check=False,
                               timeout=300)
-            if r.rc != 0 and "already" not in (r.stdout + r.stderr).lower():
+            if r.rc != 0:
                 raise TrainingFailed(
                     f"`ray start` on worker node {node} could not join {cfg.cluster.master_addr}"
                     f":6379 (exit {r.rc}): {' | '.join(r.tail[-4:])}; check that the worker "
                     f"can reach master_addr and that socket_ifname is right.")
-        if cfg.cluster.workers:
-            self.on_nodes(cfg.cluster.workers, worker)
+        workers = [n for n in plan.start if n != head]
+        if workers:
+            self.on_nodes(workers, worker)
+
+    def ray_on_nodes(self, cfg, nodes) -> dict:
+        """{node: raystate.py local} (raylets and GCS servers running there), all at once."""
+        return self.on_nodes(nodes, lambda n: self.run_json(
+            cfg, builders.ray_node_state(cfg, n), timeout=60))
+
+    # overridable in tests: the submit retry never waits for real there
+    _clock = staticmethod(time.monotonic)
+    _sleep = staticmethod(time.sleep)
 
     def submit(self, cfg, sub_id, facts):
-        step = builders.ray_job_submit(cfg, sub_id, facts)
+        try:
+            step = builders.ray_job_submit(cfg, sub_id, facts)
+        except ValueError as e:  # a Ray version we cannot quote for
+            raise TrainingFailed(str(e)) from None
         self.log.info("runtime env: %s", json.dumps(step.runtime_env))
-        self.log.info("entrypoint: python3 train.py %s", " ".join(builders.train_args(cfg, facts)))
-        res = self.run_step(cfg, step, check=False, timeout=300)
-        if res.rc != 0:
+        self.log.info("entrypoint (what train.py receives): %s",
+                      " ".join(builders.train_entrypoint(cfg, facts)))
+        deadline = self._clock() + SUBMIT_RETRY_S
+        retried = False
+        while True:
+            res = self.run_step(cfg, step, check=False, timeout=300)
+            if res.rc == 0:
+                return
+            why = submit_failure(res.stdout + "\n" + res.stderr, sub_id)
+            if why == "exists" and retried:
+                # a submit that timed out inside Ray can still have created the job; the id is
+                # this attempt's own, so it is the job we asked for
+                self.log.info("[%s] job %s exists after a retried submit: it was submitted",
+                              cfg.cluster.head, sub_id)
+                return
+            if why == "no_agent" and self._clock() < deadline:
+                self.log.warning("[%s] Ray's job agent is not up yet (HTTP 500: No available "
+                                 "agent to submit job); retrying `ray job submit` in %d s (for "
+                                 "up to %d s)", cfg.cluster.head, SUBMIT_RETRY_PAUSE_S,
+                                 SUBMIT_RETRY_S)
+                retried = True
+                self._sleep(SUBMIT_RETRY_PAUSE_S)
+                continue
+            hint = (f"; Ray's job agent on the head did not come up within {SUBMIT_RETRY_S} s: "
+                    f"look at dashboard_agent.log under the head's Ray session logs"
+                    if why == "no_agent" else "")
             raise TrainingFailed(f"`ray job submit` failed on node {cfg.cluster.head} (exit "
-                                 f"{res.rc}): {' | '.join(res.tail[-6:])}")
+                                 f"{res.rc}): {' | '.join(res.tail[-6:])}{hint}")
 
     def checkpoint(self, cfg, fsops) -> dict:
         latest = fsops("latest-checkpoint", "--dir", cfg.paths.save_dir)

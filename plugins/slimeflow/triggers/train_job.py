@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import posixpath
 import re
 import shlex
@@ -35,20 +36,31 @@ from slimeflow.utils import logparse
 
 ACTIVE = ("PENDING", "RUNNING")
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+# `ray job stop --no-wait` only posts the stop request
+JOB_STOP_NO_WAIT_TIMEOUT_S = 20
 
 
 _TS = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)\]")
 
 
 def line_time(line: str):
-    """The wall time of a slime log line (`[%Y-%m-%d %H:%M:%S] file.py:N - ...`, local time)."""
-    m = _TS.match(line)
+    """The wall time of a slime log line (`[%Y-%m-%d %H:%M:%S] file.py:N - ...`, local time),
+    also behind Ray's `(Actor pid=N)` prefix."""
+    m = _TS.match(logparse.clean_line(line))
     if not m:
         return None
     try:
         return time.mktime(time.strptime(m.group(1), "%Y-%m-%d %H:%M:%S"))
     except ValueError:
         return None
+
+
+def json_safe(value):
+    """A metric as strict JSON can hold it: slime logs nan/inf (a diverged loss), which
+    json.dumps would write as the non-JSON NaN/Infinity; they travel as "nan"/"inf"/"-inf"."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    return value
 
 
 class RemoteError(RuntimeError):
@@ -172,7 +184,8 @@ class TrainJobTrigger(BaseTrigger):
 
     def _progress(self, st: dict, offset: int, status: str) -> dict:
         return {"submission_id": self.base_id, "attempt": self.sub_id, "total": self.total,
-                "rollout": st.get("done"), "reward": st.get("reward"), "loss": st.get("loss"),
+                "rollout": st.get("done"), "reward": json_safe(st.get("reward")),
+                "loss": json_safe(st.get("loss")),
                 "eta_s": st.get("eta"), "last_progress_at": st.get("last_progress_at"),
                 "rollouts_seen": st.get("seen", 0), "log_offset": offset, "status": status,
                 "start_iteration": self.start_iteration, "updated_at": time.time()}
@@ -251,15 +264,19 @@ class TrainJobTrigger(BaseTrigger):
                 if st["last_progress_at"] is None:
                     st["last_progress_at"] = self.deferred_at
             now_wall = time.time()
-            for line in res.get("lines", []):
+            for raw in res.get("lines", []):
+                # the task log and the failure message keep Ray's `(Actor pid=N, ip=X)` prefix
+                # (which actor, which node) but not its colour codes; parsing needs slime's line
+                line = logparse.strip_ansi(raw)
                 tail.append(line)
                 self.log.info("[%s] %s", self.head, line)
-                parsed = logparse.parse_line(line)
+                text = logparse.clean_line(line)
+                parsed = logparse.parse_line(text)
                 if parsed and parsed[0] == "step":
                     st["loss"] = logparse.loss_of(parsed[2])
                 elif parsed and parsed[0] == "rollout":
                     rid, metrics = parsed[1], parsed[2]
-                    t = line_time(line) or now_wall
+                    t = line_time(text) or now_wall
                     if first is None:
                         first = (rid, t)
                     eta = None
@@ -278,7 +295,7 @@ class TrainJobTrigger(BaseTrigger):
             common = {"iteration": res.get("iteration"), "rollouts_seen": st.get("seen", 0),
                       "progress": to_write}
             if status in TERMINAL:
-                for line in res.get("tail") or []:
+                for line in map(logparse.strip_ansi, res.get("tail") or []):
                     if not tail or line not in tail:
                         tail.append(line)
                 await self._write_final(node, to_write)
@@ -298,7 +315,8 @@ class TrainJobTrigger(BaseTrigger):
                           "Ray on the head no longer knows the job (Ray was restarted); ")
                 yield self._event("LOST", "node lost", "check the head node, then clear the task: "
                                   "it starts Ray again and resumes from the latest checkpoint",
-                                  list(tail) + list(res.get("tail") or []), detail, **common)
+                                  list(tail) + [logparse.strip_ansi(x) for x in res.get("tail")
+                                                or []], detail, **common)
                 return
             if status in ACTIVE:
                 quiet = time.time() - float(st["last_progress_at"] or self.deferred_at)
@@ -332,14 +350,26 @@ class TrainJobTrigger(BaseTrigger):
             self._node.close()
 
     async def on_kill(self) -> None:
-        """A user acted on the deferred task: stop the job (graceful, checkpoint save allowed),
-        then `ray stop` on every node. Bounded by [triggerer] on_kill_timeout (30 s)."""
+        """A user acted on the deferred task: ask Ray to stop the job, then `ray stop` on every
+        node at once.
+
+        `ray job stop` gets --no-wait: slime's driver exits at SIGTERM without waiting for a
+        checkpoint save (SLIME_FACTS.md), so waiting for it here would only take time from
+        `ray stop`, which needs up to ~22 s for real (16 s grace plus its stages) and gets
+        RAY_STOP_TIMEOUT_S. Airflow cancels on_kill after [triggerer] on_kill_timeout (30 s by
+        default; docs/supervision.md says to raise it); teardown runs `ray stop` again either
+        way and fails loudly if it does not work."""
+        from slimeflow.builders import RAY_STOP_TIMEOUT_S
+
         self.log.warning("[%s] task killed by a user: stopping Ray job %s, then Ray on %s",
                          self.head, self.sub_id, ", ".join(self.nodes))
+        stop_argv = list(self.stop_argv)
+        if "--no-wait" not in stop_argv:
+            stop_argv.append("--no-wait")
         head = AsyncNode(self.head, self.node_dir)
         try:
-            rc, out, err = await head.run(self.stop_argv, env=self.stop_env, cwd=self.cwd,
-                                          timeout=18)
+            rc, out, err = await head.run(stop_argv, env=self.stop_env, cwd=self.cwd,
+                                          timeout=JOB_STOP_NO_WAIT_TIMEOUT_S)
             self.log.info("[%s] ray job stop %s: exit %s %s", self.head, self.sub_id, rc,
                           (out + err).strip().splitlines()[-1:] or "")
         except Exception as e:
@@ -350,7 +380,8 @@ class TrainJobTrigger(BaseTrigger):
         async def stop(n):
             node = AsyncNode(n, self.node_dir)
             try:
-                rc, out, err = await node.run(self.ray_stop_argv, cwd=self.cwd, timeout=8)
+                rc, out, err = await node.run(self.ray_stop_argv, cwd=self.cwd,
+                                              timeout=RAY_STOP_TIMEOUT_S)
                 self.log.info("[%s] ray stop: exit %s", n, rc)
             except Exception as e:
                 self.log.warning("[%s] ray stop failed: %s", n, e)

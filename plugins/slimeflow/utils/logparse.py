@@ -1,8 +1,28 @@
-"""Read slime's log lines: progress for humans, and a cause when the job dies."""
+"""Read slime's log lines: progress for humans, and a cause when the job dies.
+
+slime's lines reach the job driver log through Ray, which decorates them (Ray 2.60, seen on a
+real cluster; SLIME_FACTS.md "Real Ray 2.60, as it behaves"):
+
+    \x1b[36m(MegatronTrainRayActor pid=404, ip=10.0.0.2)\x1b[0m [2026-12-01 19:53:44] train.py:10 - rollout 0: {...}
+    ... rollout 1: {...}\x1b[32m [repeated 3x across cluster] (Ray deduplicates logs by default. ...)\x1b[0m
+
+`clean_line` takes that back to slime's own line before anything is parsed.
+"""
 from __future__ import annotations
 
 import ast
+import math
 import re
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+# Ray's prefix for output forwarded from a worker (ray/_private/worker.py print_worker_logs):
+# "(Name pid=N)", "(pid=N)", with ", ip=X" when the worker is on another node; "(raylet)" and
+# "(autoscaler +1s)" for Ray's own messages.
+_RAY_PREFIX = re.compile(r"^\((?:[^()]*\bpid=[^,()\s]+|raylet|autoscaler[^()]*)(?:, ip=[^()\s]+)?\) ?")
+# LogDeduplicator.formatted(): " [repeated Nx across cluster]", the first time followed by an
+# explanation in parentheses.
+_DEDUP = re.compile(r"\s*\[repeated \d+x across cluster\](?: \(Ray deduplicates logs by default\."
+                    r"[^\n]*\))?\s*$")
 
 _PREFIX = r"^(?:\[(?P<ts>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)\] \S+:\d+ - )?"
 _ROLLOUT = re.compile(_PREFIX + r"rollout (?P<id>\d+): (?P<d>\{.*\})\s*$")
@@ -22,16 +42,63 @@ CAUSES = [
 ]
 
 
+def strip_ansi(line: str) -> str:
+    """The line without terminal colour codes (what the task log shows)."""
+    return _ANSI.sub("", line)
+
+
+def clean_line(line: str) -> str:
+    """slime's own line: no colour codes, no Ray worker prefix, no dedup suffix."""
+    text = _ANSI.sub("", line).rstrip("\r\n")
+    text = _RAY_PREFIX.sub("", text, count=1)
+    return _DEDUP.sub("", text)
+
+
+# Python's repr of float metrics: nan, inf, -inf (ast.literal_eval refuses these names); numpy 2
+# scalars print as np.float64(0.5).
+_NAMES = {"nan": math.nan, "inf": math.inf, "NaN": math.nan, "Infinity": math.inf}
+_SCALARS = {"float", "int", "float16", "float32", "float64", "int32", "int64", "bfloat16"}
+_MAX_DICT_CHARS = 200_000
+
+
+def _value(node):
+    if isinstance(node, ast.Constant):
+        return node.value
+    if isinstance(node, ast.Name) and node.id in _NAMES:
+        return _NAMES[node.id]
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+        v = _value(node.operand)
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return -v if isinstance(node.op, ast.USub) else v
+    if isinstance(node, ast.Dict):
+        return {_value(k): _value(v) for k, v in zip(node.keys, node.values) if k is not None}
+    if isinstance(node, (ast.List, ast.Tuple)):
+        return [_value(e) for e in node.elts]
+    if isinstance(node, ast.Call) and len(node.args) == 1 and not node.keywords:
+        name = getattr(node.func, "attr", None) or getattr(node.func, "id", None)
+        if name in _SCALARS:
+            v = _value(node.args[0])
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                return v
+    raise ValueError(f"not a literal: {type(node).__name__}")
+
+
 def _dict(text):
-    try:
-        d = ast.literal_eval(text)
-        return d if isinstance(d, dict) else {}
-    except (ValueError, SyntaxError):
+    """The metrics dict of a progress line; {} when it is not one. Only literals are read,
+    nothing is evaluated."""
+    if len(text) > _MAX_DICT_CHARS:
         return {}
+    try:
+        d = _value(ast.parse(text, mode="eval").body)
+    except (ValueError, SyntaxError, TypeError, RecursionError, MemoryError):
+        return {}
+    return d if isinstance(d, dict) else {}
 
 
 def parse_line(line: str):
-    """('rollout'|'step', id, metrics) for progress lines, else None."""
+    """('rollout'|'step', id, metrics) for progress lines, else None. Takes the line as Ray
+    wrote it (prefix, colours, dedup suffix) or already clean."""
+    line = clean_line(line)
     for kind, rx in (("rollout", _ROLLOUT), ("step", _STEP)):
         m = rx.match(line)
         if m:
@@ -73,7 +140,9 @@ def loss_of(metrics: dict):
 
 
 def classify(lines: list) -> tuple:
-    """(cause, fix) from the last log lines of a failed job."""
+    """(cause, fix) from the last log lines of a failed job (raw or clean: Ray's prefix would
+    hide `Traceback` from the `^` patterns)."""
+    lines = [clean_line(l) for l in lines]
     for cause, rx, fix in CAUSES:
         if any(rx.search(l) for l in lines):
             return cause, fix
