@@ -46,12 +46,14 @@ import base64
 import hashlib
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -271,7 +273,7 @@ def _run(cmd, **kw) -> subprocess.CompletedProcess:
 
 
 def _write(path: Path, text: str, mode: int | None = None) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     tmp.write_text(text)
     if mode is not None:
         os.chmod(tmp, mode)
@@ -351,6 +353,11 @@ def _teardown_net(x: int) -> None:
     if shutil.which("iptables"):
         while subprocess.run(["iptables", "-D", *_iptables_rule(bridge)], capture_output=True).returncode == 0:
             pass
+    # a dead node's namespace (and the veth end in it) is freed by the kernel a moment later;
+    # deleting the host ends now takes the pairs down at once
+    for link in os.listdir("/sys/class/net"):
+        if re.fullmatch(rf"sf{x}h\d+", link):
+            subprocess.run(["ip", "link", "del", link], capture_output=True)
     if _bridge_exists(bridge):
         subprocess.run(["ip", "link", "del", bridge], capture_output=True)
     shutil.rmtree(NET_REGISTRY / str(x), ignore_errors=True)
@@ -894,18 +901,21 @@ SetEnv {' '.join(f'{k}={_setenv_value(v)}' for k, v in setenv.items())}
                                   f"{(nd / 'sshd.log').read_text(errors='replace')[-1500:]}")
         return init
 
+    _record_lock = threading.Lock()  # nodes boot in parallel threads
+
     def _record_init(self, i: int, pid: int) -> None:
         """cluster.json holds each node's init pid as soon as it exists, so that `down` (or the
         next `up` collecting a killed test's leftovers) can power it off."""
         p = self.dir / "cluster.json"
-        try:
-            info = json.loads(p.read_text())
-        except (OSError, ValueError):
-            return
-        info["nodes"][i]["init_pid"] = pid
-        _write_json(p, info)
-        if self._info is not None:
-            self._info["nodes"][i]["init_pid"] = pid
+        with self._record_lock:
+            try:
+                info = json.loads(p.read_text())
+            except (OSError, ValueError):
+                return
+            info["nodes"][i]["init_pid"] = pid
+            _write_json(p, info)
+            if self._info is not None:
+                self._info["nodes"][i]["init_pid"] = pid
 
     def nsenter(self, i: int, argv: list, **kw) -> subprocess.CompletedProcess:
         """Run argv inside node i (all its namespaces), as root, with the node's session env."""
