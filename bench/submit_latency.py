@@ -31,9 +31,11 @@ from tests.simcluster.airflow_run import VENV_BIN, airflow_env, run_conf  # noqa
 from tests.simcluster.cluster import SimCluster  # noqa: E402
 
 
-def ray_jobs() -> list:
+def ray_jobs(head: str) -> list:
+    """The head's Jobs API, at the head node's own address (the seed binds the dashboard to
+    0.0.0.0)."""
     try:
-        with urllib.request.urlopen("http://127.0.0.1:8265/api/jobs/", timeout=2) as r:
+        with urllib.request.urlopen(f"http://{head}:8265/api/jobs/", timeout=2) as r:
             return json.load(r)
     except OSError:
         return []
@@ -70,7 +72,7 @@ def main() -> int:
             run_id = af.trigger(conf)
             start = None
             while time.time() - t0 < 300 and start is None:
-                for job in ray_jobs():
+                for job in ray_jobs(cluster.nodes[0]["host"]):
                     if job.get("submission_id", "").startswith("slimeflow-") and \
                             job.get("start_time", 0) / 1000 >= t0:
                         start = job["start_time"] / 1000

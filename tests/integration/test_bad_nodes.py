@@ -154,8 +154,8 @@ def test_wrong_slime_dir_names_the_param(cluster):
 # -- storage ------------------------------------------------------------------------------------
 
 def _in_node_ns(cluster, i, *cmd):
-    subprocess.run(["nsenter", f"--mount={cluster.nodes[i]['namespace']}", "--", *cmd],
-                   check=True, capture_output=True)
+    r = cluster.nsenter(i, list(cmd))
+    assert r.returncode == 0, r.stderr
 
 
 def test_read_only_base_folder(cluster):
@@ -266,5 +266,5 @@ def test_ssh_auth_failure(cluster, tmp_path):
             NodeHook(ssh_conn_id="sim_bad_key").connect()
     finally:
         os.environ.pop("AIRFLOW_CONN_SIM_BAD_KEY")
-    assert str(e.value).startswith("SSH login to node sim_bad_key (127.0.0.11:"), e.value
+    assert str(e.value).startswith(f"SSH login to node sim_bad_key ({conn['host']}:22) as root failed"), e.value
     assert "check the connection's login and key_file/private_key" in str(e.value)

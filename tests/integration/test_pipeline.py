@@ -1,11 +1,13 @@
 """The whole DAG, run by `airflow dags test`, against the simulated cluster over real SSH."""
 import json
+import subprocess
+import sys
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.simcluster.airflow_run import airflow, airflow_env, dags_test, run_conf
+from tests.simcluster.airflow_run import ROOT, airflow, airflow_env, dags_test, run_conf
 from tests.simcluster.cluster import SimCluster, procs_of
 
 pytestmark = pytest.mark.integration
@@ -47,9 +49,23 @@ def fail_text(result):
     return "\n".join(l for l in result["log"].splitlines() if "Error" in l or "error" in l)
 
 
-def test_single_node_h100_end_to_end(sim, tmp_path):
-    cluster, env = sim(nodes=1, gpu="H100")
-    r = run(cluster, env, tmp_path, "h100")
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """One 1-node H100 cluster for the single-node tests, and its first full run. The tests after
+    the first start from the state it leaves (a finished run), as a re-run would."""
+    d = tmp_path_factory.mktemp("single")
+    c = SimCluster.up(d / "cluster", rollout_seconds=0.05, nodes=1, gpu="H100")
+    try:
+        env = airflow_env(c, d / "airflow")
+        airflow(env, "db", "migrate", capture_output=True, check=True)
+        yield c, env, run(c, env, d, "first")
+    finally:
+        c.down()
+        assert procs_of(str(c.dir)) == [], "the simulated cluster left processes behind"
+
+
+def test_single_node_h100_end_to_end(finished):
+    cluster, env, r = finished
     assert r["rc"] == 0, fail_text(r)
     x, st = r["xcom"], r["states"]
     base = str(cluster.base_folder)
@@ -64,16 +80,40 @@ def test_single_node_h100_end_to_end(sim, tmp_path):
     assert st["teardown"] == "success"
     # the 1x8 layout ran: 6 actor GPUs + 2 rollout GPUs, the seed's runtime env on the head
     assert "--actor-num-gpus-per-node 6" in r["log"]
+    # progress came from the lines real Ray wrote: slime's actor lines, behind Ray's prefix
     assert "progress: rollout 4/4 (100.0%)" in r["log"]
+    assert "(MegatronTrainRayActor pid=" in r["log"]
     # converter output is the real layout, marked as ours
     td = Path(x["convert"]["return_value"])
     assert (td / "latest_checkpointed_iteration.txt").read_text().strip() == "release"
     assert json.loads((td / ".slimeflow-manifest.json").read_text())["recipe"] == "qwen3-next-80b-a3b"
 
 
-def test_rerun_of_a_finished_run_moves_no_bytes_and_trains_nothing(sim, tmp_path):
-    cluster, env = sim(nodes=1, gpu="H100")
-    assert run(cluster, env, tmp_path, "first")["rc"] == 0
+def test_train_py_receives_exactly_the_builders_argv(finished):
+    """Through real `ray job submit` (Ray 2.60 joins with shlex.join, then sh -c): the argv that
+    train.py received equals, token for token, what `slimeflow plan` says it will receive."""
+    cluster, env, r = finished
+    assert r["rc"] == 0, fail_text(r)
+    got = [json.loads(l)["argv"] for l in
+           (cluster.node_dir(0) / "train_argv.jsonl").read_text().splitlines()][-1]
+    conf = run_conf(cluster)
+    params = [f"--param={k}={json.dumps(v)}" for k, v in conf.items()
+              if k not in ("nodes", "base_folder", "gpus_per_node")]
+    p = subprocess.run([sys.executable, "-m", "slimeflow", "plan", "--recipe", "qwen3-next-80b-a3b",
+                        "--nodes", "1", "--base-folder", str(cluster.base_folder),
+                        "--master-addr", cluster.nodes[0]["host"], "--ray-version", "2.60.0", *params],
+                       capture_output=True, text=True, env=dict(env, PYTHONPATH=str(ROOT / "plugins")))
+    assert p.returncode == 0, p.stderr
+    want = json.loads(p.stdout)["train_py_argv"]
+    assert want[:2] == ["python3", "train.py"]
+    assert got == want[2:]
+    # --moe-layer-freq arrives as Megatron parses it: a bare list, not "'[1,...]'" in quotes
+    assert got[got.index("--moe-layer-freq") + 1] == "[" + ",".join(["1"] * 48) + "]"
+
+
+def test_rerun_of_a_finished_run_moves_no_bytes_and_trains_nothing(finished, tmp_path):
+    cluster, env, first = finished
+    assert first["rc"] == 0
     td = cluster.base_folder / "Qwen3-Next-80B-A3B-Thinking_torch_dist"
     stamp = (td / ".slimeflow-manifest.json").stat().st_mtime_ns
     hub_reset(cluster)
@@ -90,9 +130,9 @@ def test_rerun_of_a_finished_run_moves_no_bytes_and_trains_nothing(sim, tmp_path
     assert r["xcom"]["train"]["return_value"]["iteration"] == 3
 
 
-def test_corrupted_shard_is_the_only_file_fetched_again(sim, tmp_path):
-    cluster, env = sim(nodes=1, gpu="H100")
-    assert run(cluster, env, tmp_path, "first")["rc"] == 0
+def test_corrupted_shard_is_the_only_file_fetched_again(finished, tmp_path):
+    cluster, env, first = finished
+    assert first["rc"] == 0
     shard = sorted((cluster.base_folder / "Qwen3-Next-80B-A3B-Thinking").glob("*.safetensors"))[0]
     data = bytearray(shard.read_bytes())
     data[100] ^= 0xFF

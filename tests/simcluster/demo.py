@@ -42,6 +42,7 @@ def main(argv=None) -> int:
     ap.add_argument("--nodes", type=int, default=2)
     ap.add_argument("--gpu", default="H100")
     ap.add_argument("--keep", action="store_true", help="leave the cluster running")
+    ap.add_argument("--num-rollout", type=int, default=4)
     args = ap.parse_args(argv)
     state = Path(args.state_dir)
     if state.exists():
@@ -57,7 +58,7 @@ def main(argv=None) -> int:
         env = airflow_env(cluster, state / "airflow")
         log = open(state / "airflow-dags-test.log", "w")
         airflow(env, "db", "migrate", stdout=log, stderr=log, check=True)
-        conf = run_conf(cluster)
+        conf = run_conf(cluster, num_rollout=args.num_rollout)
         print(f"demo: airflow dags test {DAG_ID} (log: {log.name})", file=sys.stderr)
         proc = subprocess.Popen([str(VENV_BIN / "airflow"), "dags", "test", DAG_ID, "--conf", json.dumps(conf)],
                                 env=env, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
