@@ -177,3 +177,30 @@ def test_download_runs_hf_inside_keep_leases(monkeypatch):
     monkeypatch.setattr(op, "ensure", lambda *a: events.append("hf download") or {})
     op.work(_cfg(), dict(CONTEXT))
     assert events == ["leases kept", "hf download", "leases left"]
+
+
+def test_the_trigger_refreshes_the_workers_leases_on_the_workers(monkeypatch):
+    """jobwatch on the head sees only the head's lease file on local storage."""
+    import asyncio
+
+    from slimeflow.triggers import train_job
+
+    calls = []
+
+    async def fake_run_json(self, argv, **kw):
+        calls.append((self.conn_id, argv))
+        return {"gpu1": {"held": True}}
+    monkeypatch.setattr(train_job.AsyncNode, "run_json", fake_run_json)
+    trig = train_job.TrainJobTrigger(
+        head="gpu0", nodes=["gpu0", "gpu1"], node_dir="/n", base_id="b", sub_id="b-a2",
+        watch_argv=["python3", "/n/jobwatch.py", "--lease-dir", "/b/leases", "--lease-run",
+                    "d/r1"], stop_argv=["s"], stop_env={}, ray_stop_argv=["r"], cwd=None,
+        total=4, lease_stale=900)
+    asyncio.run(trig._beat_workers())
+    asyncio.run(trig._beat_workers())  # within the interval: no second beat
+    assert calls == [("gpu1", ["python3", "/n/lease.py", "heartbeat", "--dir", "/b/leases",
+                               "--node", "gpu1", "--run", "d/r1", "--job", "b-a2"])]
+    trig._worker_beat_at -= 61  # one interval later (900 s stale -> every 60 s)
+    asyncio.run(trig._beat_workers())
+    assert len(calls) == 2
+    assert trig.serialize()[1]["lease_stale"] == 900.0

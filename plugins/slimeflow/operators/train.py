@@ -152,7 +152,8 @@ class TrainOperator(SlimeOperator):
             unreachable_timeout=cfg.train.unreachable_timeout_s,
             stall_timeout=cfg.train.stall_timeout_s, start_iteration=start_iteration,
             deferred_at=time.time(), deadline=run_deadline(context, cfg),
-            node_ips=ray_node_ips(cfg), save_dir=cfg.paths.save_dir)
+            node_ips=ray_node_ips(cfg), save_dir=cfg.paths.save_dir,
+            lease_stale=cfg.train.lease_stale_s if self._lease_run else None)
         self.log.info("[%s] deferring: the triggerer follows job %s every %ss (stall timeout "
                       "%.0fs, unreachable timeout %.0fs); progress in %s", head, sub_id,
                       cfg.train.poll_interval, cfg.train.stall_timeout_s,

@@ -164,8 +164,13 @@ class TrainJobTrigger(BaseTrigger):
                  unreachable_timeout: float = 600, stall_timeout: float = 7200,
                  start_iteration: int | None = None, deferred_at: float | None = None,
                  deadline: dict | None = None, node_ips: dict | None = None,
-                 save_dir: str | None = None):
+                 save_dir: str | None = None, lease_stale: float | None = None):
         super().__init__()
+        # jobwatch refreshes the leases from the head, which on local (not shared) storage only
+        # sees the head's own lease file: the workers' are refreshed on the workers, every
+        # min(60 s, lease_stale / 3) (slimeflow/leases.py); None: not at all
+        self.lease_stale = float(lease_stale) if lease_stale else None
+        self._worker_beat_at = None
         # {Ray node IP: connection id}: Ray names nodes by IP (`ip=` prefix, ActorDiedError's
         # `ip:`), people by connection id
         self.node_ips = dict(node_ips or {})
@@ -204,7 +209,8 @@ class TrainJobTrigger(BaseTrigger):
             "poll_interval": self.poll_interval, "unreachable_timeout": self.unreachable_timeout,
             "stall_timeout": self.stall_timeout, "start_iteration": self.start_iteration,
             "deferred_at": self.deferred_at, "deadline": self.deadline,
-            "node_ips": self.node_ips, "save_dir": self.save_dir})
+            "node_ips": self.node_ips, "save_dir": self.save_dir,
+            "lease_stale": self.lease_stale})
 
     # -- the poll loop ------------------------------------------------------------------------
 
@@ -318,6 +324,7 @@ class TrainJobTrigger(BaseTrigger):
                                       saved.get("rollout"), self.total)
                 if st["last_progress_at"] is None:
                     st["last_progress_at"] = self.deferred_at
+            await self._beat_workers()
             now_wall = time.time()
             for raw in res.get("lines", []):
                 # the task log and the failure message keep Ray's `(Actor pid=N, ip=X)` prefix
@@ -420,6 +427,34 @@ class TrainJobTrigger(BaseTrigger):
                         **common)
                     return
             await asyncio.sleep(self.poll_interval)
+
+    async def _beat_workers(self):
+        """Refresh the workers' leases on the workers themselves, at most every interval."""
+        from slimeflow.leases import heartbeat_interval
+
+        workers = [n for n in self.nodes if n != self.head]
+        lease_dir, run = _flag(self.watch_argv, "--lease-dir"), _flag(self.watch_argv,
+                                                                       "--lease-run")
+        if not (self.lease_stale and workers and lease_dir and run):
+            return
+        now = time.monotonic()
+        if (self._worker_beat_at is not None
+                and now - self._worker_beat_at < heartbeat_interval(self.lease_stale)):
+            return
+        self._worker_beat_at = now
+        script = posixpath.join(self.node_dir, "lease.py")
+
+        async def beat(n):
+            node = AsyncNode(n, self.node_dir)
+            try:
+                await node.run_json(["python3", script, "heartbeat", "--dir", lease_dir,
+                                     "--node", n, "--run", run, "--job", self.sub_id],
+                                    timeout=30)
+            except Exception as e:  # the next interval tries again; the job is not affected
+                self.log.warning("[%s] lease heartbeat failed: %s", n, e)
+            finally:
+                node.close()
+        await asyncio.gather(*(beat(n) for n in workers))
 
     async def _write_final(self, node, progress):
         try:
