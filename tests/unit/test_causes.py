@@ -228,3 +228,33 @@ def test_the_operator_maps_ray_ips_to_connection_ids():
     path, kw = _trigger().serialize()
     assert kw["node_ips"]["10.231.0.12"] == "gpu1" and kw["save_dir"] == "/base/ckpt"
     assert TrainJobTrigger(**kw).serialize() == (path, kw)
+
+
+def test_the_operators_on_kill_says_where_a_resume_starts(monkeypatch):
+    import slimeflow.hooks.node as node_mod
+    from slimeflow.config import RunConfig
+    from slimeflow.hooks.node import Result
+    from slimeflow.operators.train import TrainOperator
+
+    class FakeHook:
+        def __init__(self, ssh_conn_id):
+            self.client = None
+
+        def run(self, step, node_dir, check, timeout):
+            return Result("gpu0", 0, "", "", [])
+    monkeypatch.setattr(node_mod, "NodeHook", FakeHook)
+    logs = []
+
+    class Log:
+        def warning(self, msg, *a):
+            logs.append(msg % a)
+        info = warning
+    monkeypatch.setattr(TrainOperator, "log", property(lambda self: Log()), raising=False)
+    op = TrainOperator(task_id="train", recipe="qwen3-4b")
+    op._cfg = RunConfig.from_params("qwen3-4b", {"nodes": ["gpu0"], "base_folder": "/b"},
+                                    hosts=["10.0.0.1"])
+    op._submitted = "sid"
+    op.on_kill()
+    assert any("slime does not save on SIGTERM: a resume starts after the rollout in "
+               "latest_checkpointed_iteration.txt in " + op._cfg.paths.save_dir in m
+               for m in logs), logs

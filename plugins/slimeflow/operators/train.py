@@ -232,6 +232,11 @@ class TrainOperator(SlimeOperator):
                 if getattr(hook, "client", None):
                     hook.client.close()
 
+        from slimeflow.triggers.train_job import resume_note
+
+        # no time to read the checkpoint here (SIGKILL follows): say where a resume starts
+        self.log.warning("[%s] on_kill: stopping job %s; %s", cfg.cluster.head, sub_id,
+                         resume_note(None, save_dir=cfg.paths.save_dir, known=False))
         stop = builders.ray_job_cmd(cfg, "stop", sub_id)
         stop.argv.append("--no-wait")  # only the request: the time goes to `ray stop`
         run(cfg.cluster.head, stop, 60)
