@@ -5,25 +5,28 @@
                 [--lease-dir D --lease-run R --lease-node N ...]
 
 In one exec: (1) writes the progress JSON it was given (atomically; the trigger computes it from
-the log lines of the previous poll), (2) asks `ray job status`, (3) reads the job driver log from
+the log lines of the previous poll), (2) asks the dashboard's Jobs REST API for the job
+(raystate.read_job: one urllib GET, no Ray import), (3) reads the job driver log from
 byte offset N (N = -1: from the offset saved in PATH when PATH is about the same job, else 0), (4)
 reads latest_checkpointed_iteration.txt in the save dir, (5) refreshes this run's node leases.
 Prints one JSON object:
 
-    {"status": "PENDING|RUNNING|SUCCEEDED|FAILED|STOPPED|MISSING|NO_CLUSTER|UNKNOWN",
-     "status_text": "...", "offset": N, "lines": [...], "log_exists": bool,
-     "saved": {...progress.json or null}, "iteration": int|null, "leases": {...}}
+    {"status": "PENDING|RUNNING|SUCCEEDED|FAILED|STOPPED|MISSING|DASHBOARD_DOWN|NO_CLUSTER|UNKNOWN",
+     "status_text": "...", "status_via": "rest"|"cli", "job": {start_time, end_time, ...}|null,
+     "gcs": {...} (only when the dashboard did not answer), "offset": N, "lines": [...],
+     "log_exists": bool, "saved": {...progress.json or null}, "iteration": int|null,
+     "leases": {...}}
 
-MISSING: Ray answers but does not know the job. NO_CLUSTER: no Ray answers at the address (the
-cluster is gone, e.g. after a reboot). The status sentences are read by raystate.job_state, which
-the train operator shares. The driver log is <tmp>/ray/session_latest/logs/job-driver-<ID>.log
+MISSING: the dashboard answers 404 (Ray does not know the job). DASHBOARD_DOWN: the dashboard
+does not answer but the GCS does (or gcs_server runs): the cluster lives, the job may too.
+NO_CLUSTER: neither answers (the cluster is gone, e.g. after a reboot). raystate.read_job
+decides, and the train operator uses the same function (`raystate.py job`). The driver log is <tmp>/ray/session_latest/logs/job-driver-<ID>.log
 (driver_log_path). Lines are returned as Ray wrote them (colour codes, `(Actor pid=N)` prefixes);
 the trigger cleans them before it parses (slimeflow/utils/logparse.py).
 """
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 
@@ -34,17 +37,14 @@ import raystate  # noqa: E402
 
 
 def ray_status(address, job):
-    try:
-        r = subprocess.run(["ray", "job", "status", "--address=" + address, job],
-                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, timeout=90)
-    except subprocess.TimeoutExpired:
-        return "UNKNOWN", "ray job status did not answer within 90 s"
-    except OSError as e:
-        return "UNKNOWN", "cannot run ray: %s" % e
-    text = raystate.strip_ansi(r.stdout.decode("utf-8", "replace"))
-    state = raystate.job_state(text, job)
-    return state or "UNKNOWN", text[-4000:]
+    """raystate.read_job: the Jobs REST API, not `ray job status`, which would import Ray afresh
+    on every poll (seconds of CPU on the head) to send the same GET."""
+    return raystate.read_job(job, address)
+
+
+# JobDetails fields worth handing to the trigger (the message of a failed job carries 20,000
+# characters of its log, which the trigger reads from the driver log anyway)
+_JOB_FIELDS = ("status", "start_time", "end_time", "error_type", "driver_exit_code")
 
 
 def ray_temp_root(environ=None):
@@ -100,8 +100,14 @@ def main(argv=None):
     except (OSError, ValueError):
         pass
     out["saved"] = saved
-    status, text = ray_status(a.ray_address, a.ray_job)
-    out["status"], out["status_text"] = status, text
+    job = ray_status(a.ray_address, a.ray_job)
+    status = job["status"]
+    out["status"], out["status_text"] = status, job.get("text") or ""
+    out["status_via"] = job.get("via")
+    info = job.get("info")
+    out["job"] = {k: info.get(k) for k in _JOB_FIELDS} if isinstance(info, dict) else None
+    if job.get("gcs") is not None:
+        out["gcs"] = job["gcs"]
     offset = a.offset
     if offset < 0:
         offset = 0

@@ -18,9 +18,11 @@ import argparse
 import json
 import os
 import re
-import subprocess
 import sys
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import raystate  # noqa: E402
 
 
 def _path(d, node):
@@ -46,18 +48,18 @@ def _tmp_write(path, obj):
     return tmp
 
 
-def ray_job_running(address, job):
-    """True when the job is PENDING/RUNNING at address; False when it is not or Ray is gone."""
+def ray_job_running(address, job, read=None):
+    """True when the job may be running at address: PENDING/RUNNING, or DASHBOARD_DOWN (the
+    GCS lives, so the job may too: a lease is not broken on a guess). False when it ended, Ray
+    does not know it, or Ray is gone. raystate.read_job (the Jobs REST API) decides, the same
+    reader as jobwatch's polls."""
     if not address or not job:
         return False
     try:
-        r = subprocess.run(["ray", "job", "status", "--address=" + address, job],
-                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, timeout=60)
-    except (OSError, subprocess.TimeoutExpired):
+        state = (read or raystate.read_job)(job, address)["status"]
+    except Exception:
         return False
-    text = r.stdout.decode("utf-8", "replace")
-    return bool(re.search(r"Status for job '[^']+': (PENDING|RUNNING)", text))
+    return state in ("PENDING", "RUNNING", "DASHBOARD_DOWN")
 
 
 def acquire(d, node, run, holder=None, stale_after=900.0, ray_address=None):

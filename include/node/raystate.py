@@ -1,19 +1,30 @@
-"""What Ray is doing on this node, and what `ray job status` said. Stdlib only, Python 3.8+.
+"""What Ray is doing on this node, and the state of a Ray job. Stdlib only, Python 3.8+.
 
     raystate.py local        -> {"raylets": [{pid, node_ip, gcs_address, head}], "gcs_servers": [pid],
                                  "running": bool}
+    raystate.py job --job ID [--address URL]
+                             -> {"status": ..., "text": ..., "info": {...} | null, "via": ...}
 
 `local` lists this node's raylets and GCS servers from /proc (by process name, as `ray stop`
 finds them; zombies do not count). The train step asks every node before it starts Ray, because
 a real `ray start --address=HEAD:6379` on a node already running Ray starts a SECOND raylet (it
 does not refuse), and the cluster then counts that node twice.
 
-`job_state()` reads `ray job status` output; jobwatch.py (on the head) and the train operator
-(in Airflow, which loads this file) share it, so the two cannot drift apart.
+`job` (read_job) asks the dashboard's Jobs REST API, `GET <address>/api/jobs/<id>`, with stdlib
+urllib: one HTTP request instead of `ray job status`, which imports Ray afresh (seconds of CPU on
+every poll) only to make that same request. jobwatch.py (on the head, every poll), lease.py and
+the train operator (through `raystate.py job` on the head) all use read_job, so they cannot
+drift apart. When the dashboard does not answer, read_job asks whether the GCS still does (TCP
+connect) and whether gcs_server/raylet run here: a dead dashboard with a live GCS is
+DASHBOARD_DOWN (the job may well still run), not a lost cluster.
+
+`job_state()` reads `ray job status` output; it is kept for the CLI fallback (read_job_cli).
 """
 import json
 import os
 import re
+import socket
+import subprocess
 import sys
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -51,6 +62,139 @@ def job_state(text, job):
     if _NO_CLUSTER.search(text):
         return "NO_CLUSTER"
     return None
+
+
+# --------------------------------------------------------------------------- Jobs REST API
+
+DASHBOARD = "http://127.0.0.1:8265"
+GCS_PORT = 6379
+# Ray 2.60 JobStatus values (ray/dashboard/modules/job/common.py), what GET /api/jobs/<id> gives
+JOB_STATES = ("PENDING", "RUNNING", "STOPPED", "SUCCEEDED", "FAILED")
+
+
+def _http_get(url, timeout):
+    """(HTTP status, body text) of GET url; raises OSError when nothing answers. No proxy: the
+    dashboard is on the head itself (127.0.0.1) or on the cluster's own network, and a node's
+    http_proxy would send the request off the machine (the seed sets no_proxy for the same
+    reason)."""
+    import urllib.error
+    import urllib.request
+
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(urllib.request.Request(url, method="GET"), timeout=timeout) as r:
+            return r.status, r.read().decode("utf-8", "replace")
+    except urllib.error.HTTPError as e:  # 404 and 5xx arrive here, with Ray's body
+        try:
+            body = e.read().decode("utf-8", "replace")
+        except Exception:
+            body = ""
+        return e.code, body
+    except urllib.error.URLError as e:  # refused, no route, DNS: nothing answers
+        raise OSError(str(e.reason)) from None
+    except socket.timeout:
+        raise OSError("timed out after %ss" % timeout) from None
+
+
+def tcp_answers(host, port, timeout=3.0):
+    """True when something accepts a TCP connection at host:port (the GCS is a gRPC server:
+    accepting is enough to say it lives; `ray health-check` would import Ray for the same
+    answer)."""
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def _host_of(address):
+    m = re.match(r"^(?:\w+://)?(\[[^\]]+\]|[^:/]+)", address or "")
+    return m.group(1).strip("[]") if m else "127.0.0.1"
+
+
+def gcs_state(address=DASHBOARD, proc="/proc", connect=tcp_answers):
+    """Is the cluster alive without its dashboard? The GCS addresses tried: those the raylets
+    here were started with (--gcs-address), the dashboard's host at 6379, and 127.0.0.1:6379.
+    {"gcs_answers": bool, "gcs_address": "h:p"|None, "gcs_servers": [...], "raylets": N}"""
+    procs = ray_processes(proc)
+    cands = [r["gcs_address"] for r in procs["raylets"] if r.get("gcs_address")]
+    cands += ["%s:%d" % (_host_of(address), GCS_PORT), "127.0.0.1:%d" % GCS_PORT]
+    seen, answered = [], None
+    for c in cands:
+        if c in seen:
+            continue
+        seen.append(c)
+        host, _, port = c.rpartition(":")
+        if connect(host.strip("[]"), port):
+            answered = c
+            break
+    return {"gcs_answers": answered is not None, "gcs_address": answered,
+            "gcs_servers": procs["gcs_servers"], "raylets": len(procs["raylets"])}
+
+
+def read_job_cli(job, address=DASHBOARD, timeout=90):
+    """`ray job status` (a fresh Ray import, seconds of CPU). Only read_job's fallback for a
+    dashboard that answers 200 with a body this file cannot read (a future Ray changing the
+    JobDetails shape): the CLI of the Ray installed here speaks its own dashboard's schema."""
+    try:
+        r = subprocess.run(["ray", "job", "status", "--address=" + address, job],
+                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return "UNKNOWN", "ray job status did not answer within %s s" % timeout
+    except OSError as e:
+        return "UNKNOWN", "cannot run ray: %s" % e
+    text = strip_ansi(r.stdout.decode("utf-8", "replace"))
+    return job_state(text, job) or "UNKNOWN", text[-4000:]
+
+
+def read_job(job, address=DASHBOARD, timeout=10, get=None, gcs=None, cli=None):
+    """The state of Ray job `job` (a submission id) from the dashboard's Jobs REST API.
+
+    {"status": S, "text": a sentence or Ray's message, "info": Ray's JobDetails JSON or None,
+     "via": "rest"|"cli", "gcs": gcs_state() when the dashboard did not answer}
+
+    S is one of Ray's JOB_STATES, or
+      MISSING         the dashboard answers 404 (seen on Ray 2.60: "Job NOPE does not exist"):
+                      Ray does not know the job (it was restarted, or never had it);
+      DASHBOARD_DOWN  nothing answers at the dashboard but the GCS does, or gcs_server still
+                      runs here: the cluster (and maybe the job) lives, only the dashboard died;
+      NO_CLUSTER      neither the dashboard nor the GCS answers, and no gcs_server runs here;
+      UNKNOWN         the dashboard answered something else (HTTP 500, say).
+    """
+    from urllib.parse import quote
+
+    get, gcs, cli = get or _http_get, gcs or gcs_state, cli or read_job_cli  # looked up now
+
+    url = "%s/api/jobs/%s" % (address.rstrip("/"), quote(job, safe=""))
+    try:
+        code, body = get(url, timeout)
+    except OSError as e:
+        g = gcs(address)
+        alive = g["gcs_answers"] or bool(g["gcs_servers"])
+        return {"status": "DASHBOARD_DOWN" if alive else "NO_CLUSTER", "info": None,
+                "via": "rest", "gcs": g,
+                "text": "the Ray dashboard at %s does not answer (%s); %s" % (
+                    address, e, "the GCS %s" % (
+                        "answers at %s" % g["gcs_address"] if g["gcs_answers"] else
+                        "process runs (pids %s)" % g["gcs_servers"]) if alive else
+                    "no GCS answers and no gcs_server runs here")}
+    if code == 404:
+        return {"status": "MISSING", "info": None, "via": "rest",
+                "text": (body or "Job %s does not exist" % job).strip()[-2000:]}
+    if code == 200:
+        try:
+            info = json.loads(body)
+        except ValueError:
+            info = None
+        status = info.get("status") if isinstance(info, dict) else None
+        if status in JOB_STATES:
+            return {"status": status, "info": info, "via": "rest",
+                    "text": (info.get("message") or "")[-4000:]}
+        state, text = cli(job, address)
+        return {"status": state, "info": None, "via": "cli", "text": text}
+    return {"status": "UNKNOWN", "info": None, "via": "rest",
+            "text": "HTTP %s from %s: %s" % (code, url, (body or "").strip()[-2000:])}
 
 
 # --------------------------------------------------------------------------- processes
@@ -103,11 +247,20 @@ def ray_processes(proc="/proc"):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] != ["local"]:
-        print("usage: raystate.py local", file=sys.stderr)
-        return 2
-    print(json.dumps(ray_processes()))
-    return 0
+    if argv[:1] == ["local"]:
+        print(json.dumps(ray_processes()))
+        return 0
+    if argv[:1] == ["job"]:
+        import argparse
+
+        ap = argparse.ArgumentParser(prog="raystate.py job")
+        ap.add_argument("--job", required=True)
+        ap.add_argument("--address", default=DASHBOARD)
+        a = ap.parse_args(argv[1:])
+        print(json.dumps(read_job(a.job, a.address)))
+        return 0
+    print("usage: raystate.py local | job --job ID [--address URL]", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

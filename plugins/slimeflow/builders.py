@@ -327,6 +327,13 @@ def ray_job_cmd(cfg: RunConfig, verb: str, sub_id: str) -> Step:
                 cwd=cfg.paths.slime_dir)
 
 
+def ray_job_state(cfg: RunConfig, sub_id: str) -> Step:
+    """The job's state from the dashboard's Jobs REST API, read on the head by
+    include/node/raystate.py (the reader jobwatch.py uses on every poll): JSON with "status"."""
+    return node_script(cfg, cfg.cluster.head, "raystate.py", "job", "--job", sub_id,
+                       "--address", RAY_DASHBOARD)
+
+
 def ray_stop(cfg: RunConfig, node: str) -> Step:
     return Step(node=node, argv=["ray", "stop"], cwd=cfg.paths.slime_dir)
 

@@ -41,14 +41,14 @@ def test_oom_in_training_sends_one_classified_alert_per_channel(alerting, tmp_pa
     mails, posts = smtp.wait(1), hook.wait(1)
     assert len(mails) == 1 and len(posts) == 1, (mails, posts, r["log"][-3000:])
     mail = mails[0]
-    assert mail["Subject"] == f"[slimeflow] {DAG} train FAILED: OOM"
+    assert mail["Subject"] == f"[slimeflow] {DAG} train FAILED: CUDA OOM"
     assert mail["X-Envelope-To"] == "oncall@example.com"
     body = SmtpSink.body(mail)
     for fact in ("sim_node_0", r["run_id"], "grad_reduce_in_bf16=true", "CUDA out of memory",
                  f"http://airflow.example:8080/dags/{DAG}/runs/"):
         assert fact in body, fact
     text = posts[0]["json"]["text"]
-    assert "*Cause*: OOM" in text and "*Node*: sim_node_0" in text and "*Task*: train" in text
+    assert "*Cause*: CUDA OOM" in text and "*Node*: sim_node_0" in text and "*Task*: train" in text
     assert "*Try*: 1 of 1" in text
     tail = text.split("```")[1].strip().splitlines()
     assert 5 <= len(tail) <= 30 and any("OutOfMemoryError" in l for l in tail)

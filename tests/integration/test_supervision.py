@@ -321,7 +321,7 @@ def test_vanished_head_is_node_lost_at_the_next_poll(live):
     c.fault("reboot-node", node=0)   # it boots again: sshd is back, Ray is gone
     af.wait_ti(run_id, "train", "failed", 90)
     log = af.log(run_id, "train")
-    assert "ended LOST: cause node lost" in log and "no Ray cluster answers" in log
+    assert "ended LOST: cause node lost" in log and "nor its GCS answers" in log
     assert af.wait_run(run_id, 60) == "failed"
     assert set(kept) <= set(checkpoints(c))
     assert leftover(c) == []

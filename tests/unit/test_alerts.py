@@ -38,7 +38,7 @@ def test_explicit_cause_from_train_and_30_line_cap():
 
 def test_causes_from_logs_and_messages():
     assert classify("train", RuntimeError("job died"), ["NCCL error: unhandled system error"])[0] == "NCCL"
-    assert classify("train", RuntimeError("x"), ["torch.OutOfMemoryError: CUDA out of memory"])[0] == "OOM"
+    assert classify("train", RuntimeError("x"), ["torch.OutOfMemoryError: CUDA out of memory"])[0] == "CUDA OOM"
     cause, fix = classify("train", RuntimeError("the head node gpu0 is unreachable over SSH for 600 s"), [])
     assert cause == "node lost" and "reachable" in fix
     assert classify("train", RuntimeError("no rollout line for 120 min: the job stalled"), [])[0] == "stalled"

@@ -70,7 +70,7 @@ def test_classify_finds_the_cause_on_prefixed_lines():
     assert logparse.classify(tb)[0] == "Python exception"
     oom = [f"{ESC}[36m(MegatronTrainRayActor pid=404){ESC}[0m torch.OutOfMemoryError: CUDA out "
            f"of memory. [repeated 7x across cluster]"]
-    assert logparse.classify(oom)[0] == "OOM"
+    assert logparse.classify(oom)[0] == "CUDA OOM"
     assert logparse.classify(["(pid=3) all fine"])[0] == "unknown"
 
 

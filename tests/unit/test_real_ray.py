@@ -77,24 +77,33 @@ def test_only_a_sentence_about_this_job_counts():
 
 
 @pytest.mark.parametrize("state", sorted(STATUS))
-def test_jobwatch_reads_the_same_texts(monkeypatch, state):
+def test_the_cli_fallback_reads_the_same_texts(monkeypatch, state):
+    # raystate.read_job_cli: only used when the REST answer is unreadable (test_ray_rest.py)
     def fake_run(argv, **kw):
         assert argv[:3] == ["ray", "job", "status"] and argv[-1] == "J"
         return subprocess.CompletedProcess(argv, 1, STATUS[state].encode(), None)
-    monkeypatch.setattr(jobwatch.subprocess, "run", fake_run)
-    got, text = jobwatch.ray_status("http://127.0.0.1:8265", "J")
+    monkeypatch.setattr(raystate.subprocess, "run", fake_run)
+    got, text = raystate.read_job_cli("J", "http://127.0.0.1:8265")
     assert got == state and ESC not in text
 
 
 def test_operator_job_status_maps_missing_and_no_cluster(monkeypatch):
     op = TrainOperator(task_id="train", recipe="qwen3-4b")
     cfg = _cfg(1)
+    seen = []
+
+    def fake_run_json(c, step, **kw):  # `raystate.py job` on the head answers JSON
+        seen.append(step.argv)
+        return {"status": state, "text": "x"}
+    monkeypatch.setattr(op, "run_json", fake_run_json)
     for state, want in (("MISSING", None), ("NO_CLUSTER", "NO_CLUSTER"), ("RUNNING", "RUNNING"),
-                        ("SUCCEEDED", "SUCCEEDED")):
-        monkeypatch.setattr(op, "run_step", lambda c, step, **kw: Result(
-            "gpu0", 1, "", STATUS[state].replace("'J'", "'sid'").replace("Job J ", "Job sid "),
-            []))
+                        ("SUCCEEDED", "SUCCEEDED"), ("UNKNOWN", "NO_CLUSTER")):
         assert op.job_status(cfg, "sid") == want, state
+    assert seen[0][1].endswith("/raystate.py") and seen[0][2:5] == ["job", "--job", "sid"]
+    # a dead dashboard with a live GCS: the job may still run, so train refuses to guess
+    state = "DASHBOARD_DOWN"
+    with pytest.raises(TrainingFailed, match="does not answer but its GCS does"):
+        op.job_status(cfg, "sid")
 
 
 # -- the driver log (item 6) ------------------------------------------------------------------
@@ -118,7 +127,8 @@ def test_jobwatch_reads_the_log_under_tmpdir_without_ray_tmpdir(tmp_path, monkey
             f"- rollout 0: {{'rollout/raw_reward': nan}}")
     (logs / "job-driver-J.log").write_text("Running entrypoint for job J: python3 train.py\n"
                                            + line + "\n")
-    monkeypatch.setattr(jobwatch, "ray_status", lambda a, j: ("FAILED", "Job 'J' failed"))
+    monkeypatch.setattr(jobwatch, "ray_status", lambda a, j: {"status": "FAILED", "text": "x",
+                                                               "via": "rest", "info": None})
     assert jobwatch.main(["--ray-job", "J", "--ray-address", "http://x", "--progress",
                           str(tmp_path / "p.json"), "--offset", "0", "--tail", "5"]) == 0
     out = json.loads(capsys.readouterr().out)

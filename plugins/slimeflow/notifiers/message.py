@@ -28,6 +28,10 @@ STAGE = {
 }
 
 FIXES = {
+    # GPU memory and host RAM are different failures with different fixes (logparse.CAUSES);
+    # "OOM" is what messages from before that split say
+    "CUDA OOM": logparse.FIX_CUDA_OOM + ", then clear the task",
+    "host OOM": logparse.FIX_HOST_OOM + "; then clear the task",
     "OOM": "set grad_reduce_in_bf16=true (drops --accumulate-allreduce-grads-in-fp32) or lower "
            "--max-tokens-per-gpu through extra_train_args, then clear the task",
     "NCCL": "check the nodes' interconnect and socket_ifname; try nccl_nvls=0",
@@ -63,6 +67,14 @@ _CANCELLED = re.compile(r"cancelled|canceled|was stopped|received SIGTERM|Task r
 _DISK = re.compile(r"No space left on device|GB free at|not enough disk|disk is full", re.I)
 _EXPLICIT = re.compile(r"\bcause:? (?P<cause>[A-Za-z][A-Za-z ]{1,30}?)[;,.] ?(?:fix: "
                        r"(?P<fix>[^\n]+?))?(?:\. Last \d+ log lines|\n|$)")
+# the trigger puts a detail between the two ("cause NCCL; first seen on node gpu1 ...; fix: ..."),
+# which _EXPLICIT (cause directly followed by fix) does not match
+_CAUSE_ONLY = re.compile(r"\bended [A-Z_]+: cause (?P<cause>[A-Za-z][A-Za-z ]{1,30}?);")
+_FIX = re.compile(r"; fix: (?P<fix>[^\n]+?)(?:\. Last \d+ log lines|\n|$)")
+# the trigger's failure message names where the cause was first seen ("first seen on node gpu1
+# in MegatronTrainRayActor (pid 814): ..."): that node, not the head the job ran from
+_CAUSE_NODE = re.compile(r"\bfirst seen on node (?P<node>[A-Za-z0-9_][A-Za-z0-9_.-]{0,249}?)"
+                         r"[ ,:;)]")
 _NODE = re.compile(r"\bnodes? (?P<node>[A-Za-z0-9_][A-Za-z0-9_.-]{0,249}?)[ ,:;)]")
 _NOISE = re.compile(r"^::(end)?group::|^Task instance is in running state|^Executing <Task|"
                     r"^Dependencies all met|^Current task name|^Exporting env vars|"
@@ -188,12 +200,18 @@ def classify(task_id: str | None, exc, lines: list) -> tuple:
     if m:  # the operator classified it already ("... cause OOM; fix: ...")
         cause = m.group("cause").strip()
         return cause, (m.group("fix") or FIXES.get(cause) or "").strip().rstrip(".")
+    m = _CAUSE_ONLY.search(msg)
+    if m:
+        cause = m.group("cause").strip()
+        f = _FIX.search(msg, m.end())
+        return cause, ((f.group("fix") if f else None) or FIXES.get(cause) or "").strip(
+        ).rstrip(".")
     if exc_name in ("AirflowTaskTimeout", "TimeoutError") and "ssh" not in msg.lower():
         return "timeout", FIXES["timeout"]
     if exc_name in ("AirflowTaskTerminated",) or _CANCELLED.search(msg):
         return "cancelled", FIXES["cancelled"]
     cause, fix = logparse.classify(lines)
-    if cause in ("OOM", "NCCL", "Ray actor died"):
+    if cause in ("CUDA OOM", "host OOM", "NCCL", "Ray actor died"):
         return cause, FIXES.get(cause, fix)
     if _STALLED.search(msg):
         return "stalled", FIXES["stalled"]
@@ -221,6 +239,9 @@ def find_node(task_node, params: dict, msg: str) -> str | None:
     if task_node:
         return str(task_node)
     nodes = list((params or {}).get("nodes") or [])
+    m = _CAUSE_NODE.search(msg or "")
+    if m and (not nodes or m.group("node") in nodes):
+        return m.group("node")
     m = _NODE.search(msg or "")
     if m and (not nodes or m.group("node") in nodes):
         return m.group("node")

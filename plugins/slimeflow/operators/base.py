@@ -1,6 +1,7 @@
 """What every slimeflow operator shares: the run config, node hooks, parallel fan-out."""
 from __future__ import annotations
 
+import contextlib
 from concurrent.futures import ThreadPoolExecutor
 
 from airflow.sdk import BaseOperator
@@ -88,6 +89,46 @@ class SlimeOperator(BaseOperator):
         with ThreadPoolExecutor(max_workers=min(16, len(nodes))) as pool:
             futures = {n: pool.submit(fn, n) for n in nodes}
             return {n: f.result() for n, f in futures.items()}
+
+    @contextlib.contextmanager
+    def keep_leases(self, cfg, context):
+        """Refresh this run's node leases while the block runs (slimeflow/leases.py): a long
+        download or conversion must not leave a lease that another run may break as stale.
+        Each node refreshes its own lease file (`lease.py heartbeat` there), so this holds
+        with shared and with local storage. The beats use their own SSH connections: the
+        task's connections are busy streaming the long step."""
+        from slimeflow import builders
+        from slimeflow.hooks.node import NodeHook
+        from slimeflow.leases import LeaseKeeper, heartbeat_interval
+        from slimeflow.operators.train import lease_dir, lease_run_key
+
+        run = lease_run_key(context)
+        nodes = list(cfg.cluster.nodes)
+        hooks = {}
+
+        def one(node):
+            if node not in hooks:
+                hooks[node] = NodeHook(ssh_conn_id=node)
+            step = builders.node_script(cfg, node, "lease.py", "heartbeat", "--dir",
+                                        lease_dir(cfg), "--node", node, "--run", run)
+            try:
+                res = hooks[node].run(step, builders.node_dir(cfg), check=False, timeout=60)
+                return (res.last_json() or {}).get(node, {"error": "no answer"})
+            except Exception as e:  # this node's beat failed; the others still count
+                client = getattr(hooks.pop(node, None), "client", None)
+                if client:
+                    client.close()
+                return {"error": f"{type(e).__name__}: {e}"}
+
+        keeper = LeaseKeeper(lambda: self.on_nodes(nodes, one),
+                             heartbeat_interval(cfg.train.lease_stale_s), self.log)
+        try:
+            with keeper:
+                yield keeper
+        finally:
+            for h in hooks.values():
+                if getattr(h, "client", None):
+                    h.client.close()
 
     def close_hooks(self):
         for h in self._hooks.values():

@@ -37,7 +37,9 @@ class ConvertOperator(SlimeOperator):
             self.log.warning("[%s] %s was %s (%s); moved it aside to %s (delete it when you no "
                              "longer need it)", head, out, state["state"],
                              state.get("reason", "no finished marker"), moved["moved"])
-        res = self.run_step(cfg, builders.convert(cfg, facts), check=False)
+        # the conversion can take longer than lease_stale_minutes: keep the leases fresh
+        with self.keep_leases(cfg, context):
+            res = self.run_step(cfg, builders.convert(cfg, facts), check=False)
         if res.rc != 0:
             fsops("move-aside", "--dir", out, "--reason", "incomplete")
             raise RuntimeError(f"node {head}: the HF -> torch_dist conversion failed with exit "

@@ -38,7 +38,9 @@ class DownloadOperator(SlimeOperator):
                                         hub_files.get((kind, repo)), token_env)
             return out
 
-        results = self.on_nodes(nodes, fetch)
+        # a download can take longer than lease_stale_minutes: keep the leases fresh meanwhile
+        with self.keep_leases(cfg, context):
+            results = self.on_nodes(nodes, fetch)
         self.log.info("download summary: %s", json.dumps(results))
         if self.what == "model":
             return cfg.paths.hf_checkpoint

@@ -13,7 +13,7 @@ from slimeflow.utils import nodescripts
 def parse_job_status(text: str, sub_id: str):
     """The state of job `sub_id` in `ray job status` output: PENDING/RUNNING/SUCCEEDED/FAILED/
     STOPPED, MISSING (Ray does not know it), NO_CLUSTER (no Ray answers), or None. The parser is
-    include/node/raystate.py's, the one jobwatch.py uses on the head."""
+    include/node/raystate.py's (its CLI fallback); job_status itself reads the REST API."""
     return nodescripts.load("raystate").job_state(text, sub_id)
 
 
@@ -151,7 +151,9 @@ class TrainOperator(SlimeOperator):
             total=cfg.train.num_rollout, poll_interval=cfg.train.poll_interval,
             unreachable_timeout=cfg.train.unreachable_timeout_s,
             stall_timeout=cfg.train.stall_timeout_s, start_iteration=start_iteration,
-            deferred_at=time.time(), deadline=run_deadline(context, cfg))
+            deferred_at=time.time(), deadline=run_deadline(context, cfg),
+            node_ips=ray_node_ips(cfg), save_dir=cfg.paths.save_dir,
+            lease_stale=cfg.train.lease_stale_s if self._lease_run else None)
         self.log.info("[%s] deferring: the triggerer follows job %s every %ss (stall timeout "
                       "%.0fs, unreachable timeout %.0fs); progress in %s", head, sub_id,
                       cfg.train.poll_interval, cfg.train.stall_timeout_s,
@@ -230,6 +232,11 @@ class TrainOperator(SlimeOperator):
                 if getattr(hook, "client", None):
                     hook.client.close()
 
+        from slimeflow.triggers.train_job import resume_note
+
+        # no time to read the checkpoint here (SIGKILL follows): say where a resume starts
+        self.log.warning("[%s] on_kill: stopping job %s; %s", cfg.cluster.head, sub_id,
+                         resume_note(None, save_dir=cfg.paths.save_dir, known=False))
         stop = builders.ray_job_cmd(cfg, "stop", sub_id)
         stop.argv.append("--no-wait")  # only the request: the time goes to `ray stop`
         run(cfg.cluster.head, stop, 60)
@@ -279,13 +286,24 @@ class TrainOperator(SlimeOperator):
     # -- Ray ------------------------------------------------------------------------------
 
     def job_status(self, cfg, sub_id):
-        """A Ray job state, None when Ray does not know the job, 'NO_CLUSTER' without Ray."""
-        res = self.run_step(cfg, builders.ray_job_cmd(cfg, "status", sub_id), check=False,
-                            log=None, timeout=120)
-        state = parse_job_status(res.stdout + "\n" + res.stderr, sub_id)
-        if state == "MISSING":  # "Request failed with status code 404: Job ID does not exist."
+        """A Ray job state, None when Ray does not know the job, 'NO_CLUSTER' without Ray.
+
+        Read on the head by `raystate.py job` (the Jobs REST API, the same reader as jobwatch's
+        polls) instead of `ray job status`, which imports Ray for one GET. A dead dashboard
+        with a live GCS is refused: the job may still run, and resubmitting or restarting Ray
+        there would kill it."""
+        res = self.run_json(cfg, builders.ray_job_state(cfg, sub_id), timeout=120)
+        state = res.get("status")
+        if state == "MISSING":  # HTTP 404 "Job ID does not exist"
             return None
-        return state if state and state != "NO_CLUSTER" else "NO_CLUSTER"
+        if state == "DASHBOARD_DOWN":
+            raise TrainingFailed(
+                f"Ray's dashboard on node {cfg.cluster.head} does not answer but its GCS does "
+                f"({res.get('text')}), so train cannot tell whether job {sub_id} still runs; "
+                f"look at dashboard.log in the head's Ray session logs, or run `ray stop` on "
+                f"every node (a running job then loses its work since its last checkpoint), "
+                f"then clear the task.")
+        return state if state and state not in ("NO_CLUSTER", "UNKNOWN") else "NO_CLUSTER"
 
     def next_attempt_id(self, cfg, base_id, n):
         while self.job_status(cfg, f"{base_id}-a{n}") not in (None, "NO_CLUSTER"):
@@ -410,6 +428,14 @@ class TrainOperator(SlimeOperator):
 
 
 ACTIVE = ("PENDING", "RUNNING")
+
+
+def ray_node_ips(cfg) -> dict:
+    """{IP Ray knows the node by: connection id}. Ray names nodes by their --node-ip-address:
+    the head's is master_addr, a worker's its connection host (builders.ray_start_worker)."""
+    ips = {h: n for n, h in zip(cfg.cluster.nodes, cfg.cluster.hosts)}
+    ips[cfg.cluster.master_addr] = cfg.cluster.head
+    return ips
 
 
 def lease_run_key(context) -> str:

@@ -11,8 +11,16 @@ progress (with the log offset) is kept in a JSON file on the head, so that a res
 or the next attempt continues where this one stopped.
 
 It fires exactly one TriggerEvent, `{"status": ...}`: SUCCEEDED, FAILED, STOPPED, LOST (the Ray
-cluster is gone), UNREACHABLE (no SSH to the head for `unreachable_timeout` s) or STALLED (no
-rollout line for `stall_timeout` s). `on_kill` (a user marked the deferred task failed/success,
+cluster is gone: neither the dashboard nor the GCS answers, or Ray no longer knows the job),
+UNREACHABLE (no SSH to the head for `unreachable_timeout` s) or STALLED (no rollout line for
+`stall_timeout` s). A dead dashboard with a live GCS (DASHBOARD_DOWN) fires nothing: it is
+warned about once and polling goes on, since the job may still run and its log is still read.
+
+Causes are looked for in EVERY line of the stream, not only in the last lines: the first strong
+cause (an OOM, an NCCL error) is kept in progress.json across polls and triggerer restarts,
+because an actor's NCCL error can come long before the driver's ActorDiedError that ends the
+job. The failure message names the node (Ray's `ip=` prefix or the ActorDiedError's `ip:`,
+mapped to a connection id through `node_ips`) and the actor class. `on_kill` (a user marked the deferred task failed/success,
 cleared it, or cancelled the run) stops the job and Ray on every node; a triggerer restart only
 cancels the coroutine (`cleanup`), which leaves the job running for the next triggerer.
 
@@ -38,6 +46,28 @@ ACTIVE = ("PENDING", "RUNNING")
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 # `ray job stop --no-wait` only posts the stop request
 JOB_STOP_NO_WAIT_TIMEOUT_S = 20
+
+
+def resume_note(iteration, done=None, save_dir=None, known=True) -> str:
+    """What a stopped job loses. slime saves only every save_interval rollouts and installs no
+    SIGTERM handler (Ray's handler ends the driver at once), so a stop never saves: the next
+    attempt resumes after latest_checkpointed_iteration.txt (a rollout id; its checkpoint is
+    iter_%07d of that id) and everything trained since is lost."""
+    where = f" in {save_dir}" if save_dir else ""
+    if not known:  # the checkpoint could not be read: say where to look
+        return (f"slime does not save on SIGTERM: a resume starts after the rollout in "
+                f"latest_checkpointed_iteration.txt{where}; the work since that checkpoint is "
+                f"lost")
+    if iteration is None:
+        return (f"slime does not save on SIGTERM and no checkpoint was saved yet (no "
+                f"latest_checkpointed_iteration.txt{where}): a resume starts from scratch "
+                f"(rollout 0); the work of this attempt is lost")
+    it = int(iteration)
+    lost = ""
+    if done is not None and int(done) > it + 1:
+        lost = f" (rollouts {it + 1}..{int(done) - 1})"
+    return (f"slime does not save on SIGTERM: a resume starts from rollout {it + 1} (checkpoint "
+            f"iter_{it:07d}{where}); the work since then{lost} is lost")
 
 
 _TS = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)\]")
@@ -133,8 +163,18 @@ class TrainJobTrigger(BaseTrigger):
                  cwd: str | None, total: int, poll_interval: float = 15,
                  unreachable_timeout: float = 600, stall_timeout: float = 7200,
                  start_iteration: int | None = None, deferred_at: float | None = None,
-                 deadline: dict | None = None):
+                 deadline: dict | None = None, node_ips: dict | None = None,
+                 save_dir: str | None = None, lease_stale: float | None = None):
         super().__init__()
+        # jobwatch refreshes the leases from the head, which on local (not shared) storage only
+        # sees the head's own lease file: the workers' are refreshed on the workers, every
+        # min(60 s, lease_stale / 3) (slimeflow/leases.py); None: not at all
+        self.lease_stale = float(lease_stale) if lease_stale else None
+        self._worker_beat_at = None
+        # {Ray node IP: connection id}: Ray names nodes by IP (`ip=` prefix, ActorDiedError's
+        # `ip:`), people by connection id
+        self.node_ips = dict(node_ips or {})
+        self.save_dir = save_dir or _flag(watch_argv, "--save-dir")
         # {"at": epoch seconds, "recipe", "expected_hours", "dag_id", "run_id"}: warn on-call
         # once when training is still running past the recipe's expected duration
         self.deadline = dict(deadline) if deadline else None
@@ -156,6 +196,9 @@ class TrainJobTrigger(BaseTrigger):
         self.start_iteration = start_iteration
         self.deferred_at = deferred_at or time.time()
         self._node = None
+        self._iteration = None   # the latest checkpoint seen (for on_kill's message)
+        self._polled = False     # whether _iteration comes from a poll
+        self._done = None        # rollouts done, as the log showed them
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return ("slimeflow.triggers.train_job.TrainJobTrigger", {
@@ -165,7 +208,9 @@ class TrainJobTrigger(BaseTrigger):
             "ray_stop_argv": self.ray_stop_argv, "cwd": self.cwd, "total": self.total,
             "poll_interval": self.poll_interval, "unreachable_timeout": self.unreachable_timeout,
             "stall_timeout": self.stall_timeout, "start_iteration": self.start_iteration,
-            "deferred_at": self.deferred_at, "deadline": self.deadline})
+            "deferred_at": self.deferred_at, "deadline": self.deadline,
+            "node_ips": self.node_ips, "save_dir": self.save_dir,
+            "lease_stale": self.lease_stale})
 
     # -- the poll loop ------------------------------------------------------------------------
 
@@ -182,13 +227,26 @@ class TrainJobTrigger(BaseTrigger):
                              "start_iteration": self.start_iteration,
                              "message": msg, "tail": lines, **extra})
 
+    def _where(self, c: dict) -> str:
+        """'on node gpu1 in MegatronTrainRayActor (pid 814)' for a cause: the node from its IP
+        (a prefix without `ip=`, or a line of the driver's own, is the head)."""
+        ip = c.get("ip")
+        node = (self.node_ips.get(ip) or f"the node at {ip}") if ip else self.head
+        who = ""
+        if c.get("actor"):
+            who = f" in {c['actor']}" + (f" (pid {c['pid']})" if c.get("pid") else "")
+        elif c.get("pid"):
+            who = f" in pid {c['pid']}"
+        return f"on node {node}{who}"
+
     def _progress(self, st: dict, offset: int, status: str) -> dict:
         return {"submission_id": self.base_id, "attempt": self.sub_id, "total": self.total,
                 "rollout": st.get("done"), "reward": json_safe(st.get("reward")),
                 "loss": json_safe(st.get("loss")),
                 "eta_s": st.get("eta"), "last_progress_at": st.get("last_progress_at"),
                 "rollouts_seen": st.get("seen", 0), "log_offset": offset, "status": status,
-                "start_iteration": self.start_iteration, "updated_at": time.time()}
+                "start_iteration": self.start_iteration, "cause": st.get("cause"),
+                "updated_at": time.time()}
 
     async def _check_deadline(self, status):
         """The run is overdue: one warning through the alert channels (a triggerer restart may
@@ -221,6 +279,7 @@ class TrainJobTrigger(BaseTrigger):
         backoff = 1.0
         to_write = None
         restored = False
+        ray_warned = None  # the not-clear state (DASHBOARD_DOWN, UNKNOWN) warned about
         while True:
             argv = self.watch_argv + ["--offset", str(offset), "--tail", "50"]
             if to_write is not None:
@@ -257,12 +316,15 @@ class TrainJobTrigger(BaseTrigger):
                     st["last_progress_at"] = saved.get("last_progress_at")
                     st["done"], st["seen"] = saved.get("rollout"), saved.get("rollouts_seen") or 0
                     st["reward"], st["loss"] = saved.get("reward"), saved.get("loss")
+                    if isinstance(saved.get("cause"), dict):  # seen by an earlier triggerer
+                        st["cause"] = saved["cause"]
                     if saved.get("log_offset"):
                         self.log.info("[%s] following job %s from log byte %s (progress %s/%s)",
                                       self.head, self.sub_id, saved.get("log_offset"),
                                       saved.get("rollout"), self.total)
                 if st["last_progress_at"] is None:
                     st["last_progress_at"] = self.deferred_at
+            await self._beat_workers()
             now_wall = time.time()
             for raw in res.get("lines", []):
                 # the task log and the failure message keep Ray's `(Actor pid=N, ip=X)` prefix
@@ -271,6 +333,11 @@ class TrainJobTrigger(BaseTrigger):
                 tail.append(line)
                 self.log.info("[%s] %s", self.head, line)
                 text = logparse.clean_line(line)
+                # every line is looked at for a cause, not only the last 50 at the end: the
+                # first strong cause stays (an OOM outranks an earlier NCCL error)
+                c = logparse.cause_of_line(line)
+                if c is not None and c["rank"] >= logparse.STRONG:
+                    st["cause"] = logparse.better_cause(st.get("cause"), c)
                 parsed = logparse.parse_line(text)
                 if parsed and parsed[0] == "step":
                     st["loss"] = logparse.loss_of(parsed[2])
@@ -288,6 +355,9 @@ class TrainJobTrigger(BaseTrigger):
                         rid, self.total, st["reward"], st.get("loss"), eta))
             offset = res.get("offset", max(offset, 0))
             status = res.get("status")
+            if "iteration" in res:
+                self._iteration, self._polled = res.get("iteration"), True
+            self._done = st.get("done")
             await self._check_deadline(status)
             to_write = self._progress(st, offset, status)
             if res.get("more"):
@@ -302,23 +372,48 @@ class TrainJobTrigger(BaseTrigger):
                 if status == "SUCCEEDED":
                     yield self._event("SUCCEEDED", None, None, tail, **common)
                 elif status == "STOPPED":
+                    note = resume_note(res.get("iteration"), st.get("done"), self.save_dir)
                     yield self._event("STOPPED", "cancelled", "the job was stopped (ray job "
                                       "stop); clear the task to resume from the latest "
-                                      "checkpoint", tail, **common)
+                                      "checkpoint", tail, f"{note}; ", resume=note, **common)
                 else:
-                    cause, fix = logparse.classify(list(tail))
-                    yield self._event("FAILED", cause, fix, tail, **common)
+                    c = logparse.failure_cause(list(tail), st.get("cause"))
+                    detail = ""
+                    if c.get("line"):
+                        detail = f"first seen {self._where(c)}: {c['line'][:300]}; "
+                    yield self._event("FAILED", c["cause"], c["fix"], tail, detail,
+                                      where={k: c.get(k) for k in ("actor", "pid", "ip")},
+                                      **common)
                 return
             if status in ("NO_CLUSTER", "MISSING"):
-                detail = ("no Ray cluster answers on the head any more (the node rebooted or Ray "
-                          "was stopped); " if status == "NO_CLUSTER" else
+                # NO_CLUSTER: neither the dashboard nor the GCS answers and no gcs_server runs
+                # on the head (raystate.read_job); a dead dashboard alone is DASHBOARD_DOWN
+                detail = ("neither Ray's dashboard nor its GCS answers on the head any more (the "
+                          "node rebooted or Ray was stopped); " if status == "NO_CLUSTER" else
                           "Ray on the head no longer knows the job (Ray was restarted); ")
                 yield self._event("LOST", "node lost", "check the head node, then clear the task: "
                                   "it starts Ray again and resumes from the latest checkpoint",
                                   list(tail) + [logparse.strip_ansi(x) for x in res.get("tail")
                                                 or []], detail, **common)
                 return
-            if status in ACTIVE:
+            if status in ("DASHBOARD_DOWN", "UNKNOWN"):
+                # not a lost cluster: with DASHBOARD_DOWN the GCS still answers, so the job may
+                # well run on (the job supervisor is an actor, not part of the dashboard), and
+                # its driver log is still read above. Warn once per episode; the stall clock
+                # below still ends a job whose rollout lines stop, and LOST comes once the GCS
+                # is gone too.
+                if ray_warned != status:
+                    ray_warned = status
+                    self.log.warning(
+                        "[%s] %s; polling on (the job may still run: its log is still read, and "
+                        "the stall timeout still applies)", self.head,
+                        (res.get("status_text") or "").strip()[-300:] or
+                        f"Ray gave no job state ({status})")
+            elif ray_warned is not None:
+                self.log.info("[%s] Ray's dashboard answers again: job %s is %s", self.head,
+                              self.sub_id, status)
+                ray_warned = None
+            if status in ACTIVE or status == "DASHBOARD_DOWN":
                 quiet = time.time() - float(st["last_progress_at"] or self.deferred_at)
                 if quiet > self.stall_timeout:
                     yield self._event(
@@ -327,12 +422,39 @@ class TrainJobTrigger(BaseTrigger):
                         "collective, a stuck rollout engine) and raise stall_timeout_minutes if "
                         "rollouts are legitimately slower", tail,
                         f"no rollout line for {quiet:.0f} s (stall_timeout "
-                        f"{self.stall_timeout:.0f} s); ", **common)
+                        f"{self.stall_timeout:.0f} s); "
+                        f"{resume_note(res.get('iteration'), st.get('done'), self.save_dir)}; ",
+                        **common)
                     return
-            else:  # UNKNOWN: Ray did not answer clearly; bounded like an unreachable head
-                self.log.warning("[%s] ray job status gave no state: %s", self.head,
-                                 (res.get("status_text") or "").strip()[-300:])
             await asyncio.sleep(self.poll_interval)
+
+    async def _beat_workers(self):
+        """Refresh the workers' leases on the workers themselves, at most every interval."""
+        from slimeflow.leases import heartbeat_interval
+
+        workers = [n for n in self.nodes if n != self.head]
+        lease_dir, run = _flag(self.watch_argv, "--lease-dir"), _flag(self.watch_argv,
+                                                                       "--lease-run")
+        if not (self.lease_stale and workers and lease_dir and run):
+            return
+        now = time.monotonic()
+        if (self._worker_beat_at is not None
+                and now - self._worker_beat_at < heartbeat_interval(self.lease_stale)):
+            return
+        self._worker_beat_at = now
+        script = posixpath.join(self.node_dir, "lease.py")
+
+        async def beat(n):
+            node = AsyncNode(n, self.node_dir)
+            try:
+                await node.run_json(["python3", script, "heartbeat", "--dir", lease_dir,
+                                     "--node", n, "--run", run, "--job", self.sub_id],
+                                    timeout=30)
+            except Exception as e:  # the next interval tries again; the job is not affected
+                self.log.warning("[%s] lease heartbeat failed: %s", n, e)
+            finally:
+                node.close()
+        await asyncio.gather(*(beat(n) for n in workers))
 
     async def _write_final(self, node, progress):
         try:
@@ -387,4 +509,32 @@ class TrainJobTrigger(BaseTrigger):
                 self.log.warning("[%s] ray stop failed: %s", n, e)
             finally:
                 node.close()
-        await asyncio.gather(*(stop(n) for n in self.nodes))
+        # what the cancel loses, read while Ray stops (it does not delay the stop)
+        await asyncio.gather(self._log_resume_point(), *(stop(n) for n in self.nodes))
+
+    async def _log_resume_point(self):
+        """Log which checkpoint a resume starts from: read latest_checkpointed_iteration.txt
+        now (the job may have saved since the last poll), else use the last poll's answer."""
+        it, known = self._iteration, self._polled
+        if self.save_dir:
+            node = AsyncNode(self.head, self.node_dir)
+            try:
+                res = await node.run_json(
+                    ["python3", posixpath.join(self.node_dir, "fsops.py"), "latest-checkpoint",
+                     "--dir", self.save_dir], timeout=15)
+                it, known = res.get("iteration"), True
+            except Exception as e:
+                self.log.warning("[%s] could not read the latest checkpoint: %s", self.head, e)
+            finally:
+                node.close()
+        self.log.warning("[%s] job %s cancelled: %s", self.head, self.sub_id,
+                         resume_note(it, self._done, self.save_dir, known=known))
+
+
+def _flag(argv, name):
+    """The value after `name` in argv (the save dir in jobwatch's argv), else None."""
+    argv = list(argv or [])
+    for i, a in enumerate(argv[:-1]):
+        if a == name:
+            return argv[i + 1]
+    return None

@@ -28,18 +28,65 @@ _PREFIX = r"^(?:\[(?P<ts>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)\] \S+:\d+ - )?"
 _ROLLOUT = re.compile(_PREFIX + r"rollout (?P<id>\d+): (?P<d>\{.*\})\s*$")
 _STEP = re.compile(_PREFIX + r"step (?P<id>\d+): (?P<d>\{.*\})\s*$")
 
+# Host RAM vs GPU memory: two different failures with different fixes.
+# - Ray's memory monitor (raylet) kills workers when the NODE runs low on RAM; the caller gets
+#   ray.exceptions.OutOfMemoryError. Ray 2.60's raylet texts (strings of the raylet binary):
+#   "%d worker(s) were killed due to the node running low on memory.", "Memory on the node (IP:
+#   %s, ID: %s) was %sGB used / %sGB limit", "Workers (tasks / actors) killed due to memory
+#   pressure (OOM)", "To adjust the kill threshold, set ... RAY_memory_usage_threshold"; older
+#   Ray: "Task was killed due to the node running low on memory". slime's CPU-offloaded optimizer
+#   is the usual culprit (slime issue #1851: ~100 GB host RAM per actor for 30B-A3B).
+# - CUDA OOM is torch's: torch.OutOfMemoryError / torch.cuda.OutOfMemoryError "CUDA out of
+#   memory", or cuBLAS failing to allocate.
+# A bare "OutOfMemoryError" says neither, so it is not matched here (it falls to "Python
+# exception" unless one of the texts above is in the log too).
+HOST_OOM = re.compile(r"ray\.exceptions\.OutOfMemoryError|running low on memory|"
+                      r"killed due to memory pressure|Memory on the node \(IP: |"
+                      r"RAY_memory_usage_threshold")
+CUDA_OOM = re.compile(r"torch\.(?:cuda\.)?OutOfMemoryError|CUDA out of memory|"
+                      r"CUDA error: out of memory|CUBLAS_STATUS_ALLOC_FAILED")
+NCCL = re.compile(r"NCCL error|DistBackendError|ncclInternalError|NCCL WARN|ncclSystemError|"
+                  r"ncclUnhandledCudaError|ncclRemoteError")
+ACTOR_DIED = re.compile(r"ActorDiedError|RayActorError|The actor died|ActorUnavailable")
+PY_EXC = re.compile(r"^Traceback \(most recent call last\)|^\w+(Error|Exception): ")
+
+FIX_HOST_OOM = ("the node ran out of host RAM and Ray's memory monitor killed a worker; GPU "
+                "settings such as --max-tokens-per-gpu do not help here. Run fewer processes "
+                "per node (fewer rollout engines or training actors per node), drop "
+                "--optimizer-cpu-offload/--overlap-cpu-optimizer-d2h-h2d through "
+                "extra_train_args if GPU memory allows (the offloaded optimizer needs about 100 "
+                "GB of host RAM per actor for 30B-A3B, slime issue #1851), or add host RAM; "
+                "check `free -g` and dmesg on that node")
+FIX_CUDA_OOM = ("set grad_reduce_in_bf16=true (drops --accumulate-allreduce-grads-in-fp32) or "
+                "lower --max-tokens-per-gpu through extra_train_args")
+
 CAUSES = [
-    # (cause, pattern, one-line fix)
-    ("OOM", re.compile(r"OutOfMemoryError|CUDA out of memory|CUBLAS_STATUS_ALLOC_FAILED"),
-     "set grad_reduce_in_bf16=true (drops --accumulate-allreduce-grads-in-fp32) or lower "
-     "--max-tokens-per-gpu through extra_train_args"),
-    ("NCCL", re.compile(r"NCCL error|DistBackendError|ncclInternalError|NCCL WARN|ncclSystemError"),
-     "check the nodes' interconnect and socket_ifname; try nccl_nvls=0"),
-    ("Ray actor died", re.compile(r"ActorDiedError|RayActorError|The actor died|ActorUnavailable"),
-     "look at the dead actor's log on the node for the first error (often OOM or a node loss)"),
-    ("Python exception", re.compile(r"^Traceback \(most recent call last\)|^\w+(Error|Exception): "),
-     "read the traceback above; it is a bug or a bad argument in the job"),
+    # (cause, pattern, one-line fix, rank): rank orders the STRONG causes (rank >= 2). An OOM
+    # outranks an NCCL error: one rank's OOM tears down the communicator, so its peers print
+    # NCCL errors too (often before the OOM'd rank's text reaches the driver log); an NCCL
+    # error never causes an OOM. Weak causes (rank < 2) are consequences: every failure ends in
+    # an ActorDiedError or a driver traceback, so they only count when nothing strong was seen
+    # (and a dead actor says more than the driver's traceback that reports it).
+    ("host OOM", HOST_OOM, FIX_HOST_OOM, 3),
+    ("CUDA OOM", CUDA_OOM, FIX_CUDA_OOM, 3),
+    ("NCCL", NCCL, "check the nodes' interconnect and socket_ifname; try nccl_nvls=0", 2),
+    ("Ray actor died", ACTOR_DIED,
+     "look at the dead actor's log on the node for the first error (often OOM or a node loss)",
+     1),
+    ("Python exception", PY_EXC,
+     "read the traceback above; it is a bug or a bad argument in the job", 0),
 ]
+FIXES = {c[0]: c[2] for c in CAUSES}
+STRONG = 2  # rank from which a cause is kept across polls and beats the last lines
+
+# Ray's prefix, read for WHO printed a line: "(MegatronTrainRayActor pid=814, ip=10.231.0.12)";
+# without ", ip=" the worker runs on the driver's node, the head (worker.py print_worker_logs).
+_WHO = re.compile(r"^\((?:(?P<actor>[A-Za-z_][\w.]*) )?pid=(?P<pid>\d+)(?:, ip=(?P<ip>[^()\s]+))?\)")
+# ActorDiedError (Ray 2.60 exceptions.py): "The actor died unexpectedly before finishing this
+# task." then tab-indented "class_name: X", "actor_id: ...", "pid: N", "name: ...",
+# "namespace: ...", "ip: A.B.C.D", then the reason (e.g. the memory monitor's text).
+_DIED_FIELD = re.compile(r"^\s*(?P<k>class_name|pid|ip): (?P<v>\S+)\s*$")
+_MEM_NODE_IP = re.compile(r"Memory on the node \(IP: (?P<ip>[^,\s]+)")
 
 
 def strip_ansi(line: str) -> str:
@@ -139,11 +186,87 @@ def loss_of(metrics: dict):
     return _first(metrics, "train/loss", "loss", "train/pg_loss")
 
 
+def cause_of_line(line: str):
+    """The cause marker a line carries: {"cause", "fix", "rank", "line", "actor", "pid", "ip",
+    "remote"} or None. `actor`/`pid`/`ip` come from Ray's prefix; "remote" is False when the
+    prefix had no ip (the head)."""
+    raw = _ANSI.sub("", line).rstrip("\r\n")
+    text = clean_line(raw)
+    for cause, rx, fix, rank in CAUSES:
+        if rx.search(text):
+            out = {"cause": cause, "fix": fix, "rank": rank, "line": text[:400],
+                   "actor": None, "pid": None, "ip": None, "remote": None}
+            m = _WHO.match(raw)
+            if m:
+                out.update(actor=m.group("actor"), pid=int(m.group("pid")), ip=m.group("ip"),
+                           remote=m.group("ip") is not None)
+            m = _MEM_NODE_IP.search(text)
+            if m:  # the memory monitor names the node it killed on
+                out.update(ip=m.group("ip"), remote=None)
+            return out
+    return None
+
+
+def better_cause(current, new):
+    """The cause to keep: the first strong one seen, unless a later one outranks it (an OOM
+    after an NCCL error); a weak one only while nothing strong was seen."""
+    if new is None:
+        return current
+    if current is None:
+        return new
+    if new["rank"] > current["rank"]:
+        return new
+    return current
+
+
+def actor_died_details(lines: list) -> dict:
+    """{"actor", "pid", "ip"} from the last ActorDiedError text in the lines (its fields are on
+    the lines after "The actor died unexpectedly"), else {}."""
+    lines = [clean_line(l) for l in lines]
+    start = None
+    for i, l in enumerate(lines):
+        if "The actor died" in l:
+            start = i
+    if start is None:
+        return {}
+    got = {}
+    for l in lines[start + 1:start + 12]:
+        m = _DIED_FIELD.match(l)
+        if m:
+            k = {"class_name": "actor"}.get(m.group("k"), m.group("k"))
+            got.setdefault(k, int(m.group("v")) if k == "pid" and m.group("v").isdigit()
+                           else m.group("v"))
+        m = _MEM_NODE_IP.search(l)
+        if m:
+            got.setdefault("ip", m.group("ip"))
+    return got
+
+
+def failure_cause(lines: list, seen=None) -> dict:
+    """The cause of a failed job: `seen` (the strongest cause the trigger met over the whole
+    stream, kept across polls) when it is strong, else the best in `lines` (the last log lines);
+    the ActorDiedError's class_name/ip fill in who and where when the marker line had no Ray
+    prefix (the driver prints it)."""
+    best = seen if seen and seen.get("rank", 0) >= STRONG else None
+    for l in lines:
+        best = better_cause(best, cause_of_line(l))
+    if best is None:
+        return {"cause": "unknown", "fix": "read the last log lines below", "rank": -1,
+                "line": None, "actor": None, "pid": None, "ip": None, "remote": None}
+    best = dict(best)
+    died = actor_died_details(lines)
+    if died and (best["cause"] in ("Ray actor died", "host OOM") or not best.get("actor")):
+        if not best.get("actor"):
+            best["actor"] = died.get("actor")
+            best["pid"] = died.get("pid", best.get("pid"))
+        if died.get("ip") and not best.get("ip"):
+            best["ip"] = died["ip"]
+            best["remote"] = None
+    return best
+
+
 def classify(lines: list) -> tuple:
     """(cause, fix) from the last log lines of a failed job (raw or clean: Ray's prefix would
     hide `Traceback` from the `^` patterns)."""
-    lines = [clean_line(l) for l in lines]
-    for cause, rx, fix in CAUSES:
-        if any(rx.search(l) for l in lines):
-            return cause, fix
-    return "unknown", "read the last log lines below"
+    c = failure_cause(lines)
+    return c["cause"], c["fix"]
