@@ -504,9 +504,10 @@ def test_hang_file_stops_progress_until_removed(node, inputs):
     # while the file is there: the actors sit in their hang loop and nothing more reaches the log
     wait_for(lambda: any(Path(f"/proc/{p}/cmdline").read_bytes().startswith(b"ray::RolloutManager.generate")
                          for p in node.procs("ray::RolloutManager")), 30, "the RolloutManager to block in generate")
-    size = len(node.log(sid))
+    # Ray's log monitor may still forward lines written before the hang, so what is checked is
+    # that no rollout after the hang point arrives while the job stays RUNNING
     time.sleep(1.5)
-    assert len(node.log(sid)) == size and node.job(sid)["status"] == "RUNNING"
+    assert node.job(sid)["status"] == "RUNNING"
     assert " - rollout 2: {" not in node.log(sid)
     (sim / "faults" / "hang").unlink()
     job = node.wait_done(sid)
