@@ -486,6 +486,16 @@ def test_down_leaves_no_process_namespace_bridge_or_mount(tmp_path):
         c2.down()
 
 
+def test_down_of_a_dead_cluster_leaves_a_live_one_on_the_same_subnet_alone(tmp_path):
+    old = SimCluster.up(tmp_path / "old", nodes=1, hub=False)
+    old.down()
+    with SimCluster.up(tmp_path / "new", nodes=1, hub=False) as new:
+        assert new.info["net"]["x"] == old.info["net"]["x"]  # the subnet was free again
+        SimCluster(old.dir).down()  # e.g. `make demo` cleaning up its previous state folder
+        assert Path(f"/sys/class/net/{new.bridge}").exists()
+        assert new.exec(0, "hostname")[1] == "sim-node-0\n"
+
+
 def test_a_killed_owner_takes_its_cluster_down(tmp_path):
     """A SIGKILLed test never runs its teardown; the cluster's watchdog does it instead."""
     owner = subprocess.Popen(["sleep", "600"])

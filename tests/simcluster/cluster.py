@@ -328,6 +328,13 @@ def _claim_subnet(state_dir: Path) -> int:
                           f"{NET_REGISTRY}; take some clusters down")
 
 
+def _claim_owner(x: int) -> Path | None:
+    try:
+        return Path((NET_REGISTRY / str(x) / "owner").read_text().strip())
+    except OSError:
+        return None
+
+
 def _collect_stale(claim: Path) -> None:
     try:
         owner = Path(claim.joinpath("owner").read_text().strip())
@@ -997,7 +1004,9 @@ SetEnv {' '.join(f'{k}={_setenv_value(v)}' for k, v in setenv.items())}
                 pass
             hub_pid.unlink(missing_ok=True)
         net = (self._info or {}).get("net")
-        if net:
+        if net and _claim_owner(int(net["x"])) == self.dir:
+            # only while the claim is still ours: a cluster that died long ago may have had the
+            # same <X> as one that runs now, and its bridge is not ours to delete
             _teardown_net(int(net["x"]))
         wd = self.dir / "watchdog.pid"
         if wd.exists():

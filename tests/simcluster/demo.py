@@ -24,13 +24,20 @@ PROGRESS = re.compile(r"\] (progress: .*?)(?: \[slimeflow|$)")
 def follow(log: Path, proc: subprocess.Popen) -> None:
     """Print the run's progress lines (`rollout i/N ...`) while `airflow dags test` writes its log."""
     with open(log, errors="replace") as f:
+        part = ""
         while True:
-            line = f.readline()
-            if not line:
-                if proc.poll() is not None:
-                    return
-                time.sleep(0.2)
-                continue
+            chunk = f.readline()
+            if not chunk.endswith("\n"):  # EOF, or a line the writer has not finished yet
+                part += chunk
+                if proc.poll() is not None and not chunk:
+                    line, part = part, ""
+                    if not line:
+                        return
+                else:
+                    time.sleep(0.2)
+                    continue
+            else:
+                line, part = part + chunk, ""
             m = PROGRESS.search(line.rstrip())
             if m:
                 print(f"demo: {m.group(1)}", file=sys.stderr, flush=True)
