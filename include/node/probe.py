@@ -607,6 +607,13 @@ def fetch_hub(rtype, repo, revision):
     return entry
 
 
+def collect_ray_local():
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import raystate  # a sibling node script: the same lister train and teardown ask
+
+    return raystate.ray_processes()
+
+
 # --------------------------------------------------------------------------- main
 def probe(args):
     result = {
@@ -624,6 +631,7 @@ def probe(args):
                  "free_bytes": 0, "total_bytes": 0},
         "ram": {"total_bytes": None, "available_bytes": None},
         "ports": {str(p): False for p in DEFAULT_PORTS},
+        "ray_local": None,
         "hub": [],
         "errors": [],
     }
@@ -659,6 +667,8 @@ def probe(args):
     section("disk", lambda: result.__setitem__("disk", collect_disk(args.base_folder)))
     section("ram", lambda: result.__setitem__("ram", collect_ram()))
     section("ports", lambda: result.__setitem__("ports", collect_ports()))
+    # any Ray running here, whatever its ports: the raylets and GCS servers by process name
+    section("ray_local", lambda: result.__setitem__("ray_local", collect_ray_local()))
     section("hub", hub)
     section("torch", torch)
     return result

@@ -4,10 +4,7 @@ Every problem is one sentence that names the node and the fix, because it is wha
 """
 from __future__ import annotations
 
-import ipaddress
-import json
 import re
-from dataclasses import dataclass
 
 from slimeflow.builders import ray_version_tuple
 from slimeflow.config import RunConfig
@@ -79,8 +76,11 @@ def disk_needed(cfg: RunConfig, head_probe: dict, present: dict) -> dict:
     return need
 
 
-def judge(cfg: RunConfig, probes: dict, storage_shared, present: dict | None = None) -> dict:
-    """probes: {node: probe json}. Returns facts for later steps or raises ClusterError."""
+def judge(cfg: RunConfig, probes: dict, storage_shared, present: dict | None = None,
+          ray_is_ours: bool = False) -> dict:
+    """probes: {node: probe json}. Returns facts for later steps or raises ClusterError.
+    ray_is_ours: this run started the Ray that may run on its nodes (its run record says so;
+    train then reuses or restarts it); otherwise any Ray running on a node refuses it."""
     problems = []
     nodes = list(cfg.cluster.nodes)
     head = cfg.cluster.head
@@ -204,9 +204,14 @@ def judge(cfg: RunConfig, probes: dict, storage_shared, present: dict | None = N
                             f"{cfg.recipe.nccl_busbw_floor_gbps:g} GB/s (NVLink GPUs reach "
                             f"hundreds); check `nvidia-smi topo -m` and nvidia-fabricmanager, "
                             f"or remove {node} from `nodes`.")
+    from slimeflow.hooks.ray import foreign_ray
+
+    running = [n for n in nodes if (probes[n].get("ray_local") or {}).get("running")]
+    if not ray_is_ours:
+        problems += [foreign_ray(n, probes[n]["ray_local"]) for n in running]
     hp = probes[head]
     busy = [port for port, used in (hp.get("ports") or {}).items() if used]
-    if busy:
+    if busy and head not in running:  # a Ray there is judged above, whatever its ports
         problems.append(f"node {head} already has something listening on port(s) "
                         f"{', '.join(busy)} (another Ray cluster?); stop it (`ray stop` if it is "
                         f"left over from an earlier run) before starting this run.")
@@ -253,122 +258,3 @@ def judge(cfg: RunConfig, probes: dict, storage_shared, present: dict | None = N
         # decides how the train.py arguments are quoted for `ray job submit` (builders)
         "ray_version": head_ray,
     }
-
-
-# --- Ray on the nodes before (re)starting it --------------------------------------------------
-
-@dataclass
-class RayStartPlan:
-    reuse: bool   # the running cluster checks out: start nothing
-    stop: list    # nodes to `ray stop` first (each runs Ray)
-    start: list   # nodes to `ray start` on, the head first
-    reason: str   # one sentence for the task log
-
-
-def parse_ray_nodes(text: str):
-    """The ALIVE nodes in `ray list nodes --format json` output, as [{ip, gpus, head}]; None
-    when the output holds no node list. DEAD entries (stopped or lost raylets) stay listed by
-    Ray for a while and do not count."""
-    start, end = (text or "").find("["), (text or "").rfind("]")
-    if start < 0 or end < start:
-        return None
-    try:
-        entries = json.loads(text[start:end + 1])
-    except ValueError:
-        return None
-    if not isinstance(entries, list):
-        return None
-    alive = []
-    for e in entries:
-        if not isinstance(e, dict) or e.get("state") != "ALIVE":
-            continue
-        gpus = (e.get("resources_total") or {}).get("GPU") or 0
-        try:
-            gpus = float(gpus)
-        except (TypeError, ValueError):
-            gpus = 0.0
-        alive.append({"ip": e.get("node_ip"), "gpus": gpus, "head": bool(e.get("is_head_node"))})
-    return alive
-
-
-def _is_ip(text) -> bool:
-    try:
-        ipaddress.ip_address(str(text))
-        return True
-    except ValueError:
-        return False
-
-
-def ray_cluster_problems(cfg: RunConfig, local: dict, alive) -> list:
-    """Why the Ray that runs now is not exactly this run's cluster (empty: it is).
-
-    local: {node: raystate.py local} for every node; alive: parse_ray_nodes() of the head's
-    `ray list nodes`, or None. One raylet per node, a GCS on the head, and Ray's own count of
-    alive nodes and their GPUs must all match the run; a node that a second `ray start` joined
-    twice shows up both locally (two raylets) and in Ray's list (its IP twice)."""
-    nodes, head = list(cfg.cluster.nodes), cfg.cluster.head
-    problems = []
-    for n in nodes:
-        raylets = (local.get(n) or {}).get("raylets") or []
-        if not raylets:
-            problems.append(f"node {n} runs no raylet")
-        elif len(raylets) > 1:
-            problems.append(f"node {n} runs {len(raylets)} raylets (pids "
-                            f"{', '.join(str(r.get('pid')) for r in raylets)}), so Ray counts "
-                            f"it more than once")
-    if not (local.get(head) or {}).get("gcs_servers"):
-        problems.append(f"the head {head} runs no GCS server")
-    if alive is None:
-        problems.append(f"`ray list nodes` on the head {head} gave no node list")
-        return problems
-    if len(alive) != len(nodes):
-        problems.append(f"Ray counts {len(alive)} alive node(s), not {len(nodes)}")
-    ips = [a["ip"] for a in alive]
-    for ip in sorted({i for i in ips if ips.count(i) > 1}, key=str):
-        problems.append(f"Ray lists {ip} {ips.count(ip)} times")
-    want = cfg.cluster.gpus_per_node
-    for a in alive:
-        if a["gpus"] != want:
-            problems.append(f"Ray node {a['ip']} has {a['gpus']:g} GPUs, not {want}")
-    expected = [cfg.cluster.master_addr] + [cfg.cluster.hosts[nodes.index(w)]
-                                            for w in cfg.cluster.workers]
-    # hostnames may be listed resolved, so the addresses are compared only when all are IPs
-    if all(_is_ip(x) for x in expected + ips):
-        norm = sorted({str(ipaddress.ip_address(x)) for x in ips})
-        if norm != sorted({str(ipaddress.ip_address(x)) for x in expected}):
-            problems.append(f"Ray's nodes are {', '.join(norm)}, not this run's "
-                            f"{', '.join(sorted(set(expected)))}")
-    return problems
-
-
-def ray_start_plan(cfg: RunConfig, local: dict, alive, started_by_run: bool) -> RayStartPlan:
-    """What train does before it submits: never `ray start` on a node where Ray runs.
-
-    - Ray runs nowhere: start it everywhere (head first).
-    - Ray runs and is exactly this run's cluster (ray_cluster_problems is empty): reuse it. A
-      retry after a failed job then skips a ~20 s stop and a restart.
-    - Ray runs but something is off (a node missing, a node counted twice, wrong GPUs, a dead
-      head): `ray stop` on every node that runs Ray, then start all of it again. A partly
-      reused cluster would need the same checks after every start, for a saving of seconds.
-    - Ray runs, but this run never started Ray (no attempt in its run record): it is someone
-      else's. `ray stop` is host-wide, so refuse instead of stopping it.
-    local: {node: raystate.py local}; alive: parse_ray_nodes() of the head, None if not read.
-    """
-    nodes = list(cfg.cluster.nodes)
-    running = [n for n in nodes if (local.get(n) or {}).get("running")]
-    if not running:
-        return RayStartPlan(False, [], nodes, "no Ray runs on any node")
-    if not started_by_run:
-        desc = "; ".join(f"node {n} (raylet pid(s) "
-                         f"{', '.join(str(r.get('pid')) for r in local[n].get('raylets') or []) or '-'})"
-                         for n in running)
-        raise ClusterError(f"Ray is already running on {desc}, and this run has not started Ray "
-                           f"yet, so it belongs to someone else; stop it there (`ray stop`) if it "
-                           f"is left over from an earlier run, or wait for its owner: slimeflow "
-                           f"never stops what it did not start.")
-    problems = ray_cluster_problems(cfg, local, alive)
-    if not problems:
-        return RayStartPlan(True, [], [], f"Ray already runs on all {len(nodes)} node(s) with "
-                            f"{len(nodes) * cfg.cluster.gpus_per_node} GPUs, as this run "
-                            f"started it")
-    return RayStartPlan(False, running, nodes, "; ".join(problems))

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from slimeflow.notifiers.message import classify as alert_classify, find_node
-from slimeflow.operators.train import ray_node_ips
+from slimeflow.hooks.ray import ray_node_ips
 from slimeflow.triggers import train_job
 from slimeflow.triggers.train_job import TrainJobTrigger, resume_note
 from slimeflow.utils import logparse

@@ -108,3 +108,40 @@ def test_preflight_nccl_defaults_on_with_several_gpus():
     off = RunConfig.from_params("qwen3-next-80b-a3b", {"nodes": ["g"], "preflight_nccl": False},
                                 hosts=["h"])
     assert off.train.preflight_nccl is False
+
+
+def _with_ray(raylets=(), gcs=(), ports=()):
+    p = healthy_probe()
+    p["ray_local"] = {"raylets": [{"pid": r, "node_ip": "10.0.0.2", "gcs_address": None,
+                                   "head": False} for r in raylets],
+                      "gcs_servers": list(gcs), "running": bool(raylets or gcs)}
+    for port in ports:
+        p["ports"][port] = True
+    return p
+
+
+def test_a_ray_this_run_did_not_start_refuses_the_node_whatever_its_ports():
+    # someone's Ray on a worker, on ports of its own: the head's port check cannot see it
+    c = cfg(2)
+    text = problems(c, {"gpu0": healthy_probe(), "gpu1": _with_ray(raylets=[4711], gcs=[4700])})
+    assert ("node gpu1 already runs a Ray that this run did not start (raylet pid(s) 4711, GCS "
+            "server pid(s) 4700); stop it there (`ray stop`) if it is left over from an earlier "
+            "run, or wait for its owner to finish: slimeflow never stops a Ray it did not "
+            "start.") in text
+    assert "gpu0" not in text
+    # the head's Ray on the default ports is one problem, not two sentences
+    text = problems(c, {"gpu0": _with_ray(raylets=[9], gcs=[8], ports=("6379", "8265")),
+                        "gpu1": healthy_probe()})
+    assert text.count("node gpu0") == 1 and "port(s)" not in text
+
+
+def test_the_runs_own_ray_is_left_for_train_to_reuse_or_restart():
+    c = cfg(2)
+    probes = {"gpu0": _with_ray(raylets=[9], gcs=[8], ports=("6379", "8265")),
+              "gpu1": _with_ray(raylets=[11])}
+    facts = judge(c, probes, True, {}, ray_is_ours=True)
+    assert facts["storage_shared"]
+    # without Ray running, a busy Ray port on the head is still refused
+    p = healthy_probe()
+    p["ports"]["6379"] = True
+    assert "port(s) 6379" in problems(c, {"gpu0": p, "gpu1": healthy_probe()})

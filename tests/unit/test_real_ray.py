@@ -13,13 +13,14 @@ from types import SimpleNamespace
 import pytest
 
 from slimeflow import builders
-from slimeflow.cluster import (ClusterError, judge, parse_ray_nodes, ray_cluster_problems,
-                               ray_start_plan)
+from slimeflow.cluster import ClusterError, judge
 from slimeflow.config import RunConfig
 from slimeflow.hooks.node import Result
-from slimeflow.operators import train as train_mod
+from slimeflow.hooks import ray as ray_hook
+from slimeflow.hooks.ray import (RayClusterHook, RayError, parse_ray_nodes, ray_cluster_problems,
+                                 ray_start_plan)
 from slimeflow.operators.teardown import TeardownOperator
-from slimeflow.operators.train import TrainingFailed, TrainOperator, parse_job_status
+from slimeflow.operators.train import TrainOperator
 from slimeflow.triggers import train_job
 
 NODE = Path(__file__).resolve().parents[2] / "include" / "node"
@@ -66,7 +67,6 @@ STATUS = {
 @pytest.mark.parametrize("state", sorted(STATUS))
 def test_job_status_texts_of_real_ray(state):
     assert raystate.job_state(STATUS[state], "J") == state
-    assert parse_job_status(STATUS[state], "J") == state  # the operator shares the parser
 
 
 def test_only_a_sentence_about_this_job_counts():
@@ -87,23 +87,23 @@ def test_the_cli_fallback_reads_the_same_texts(monkeypatch, state):
     assert got == state and ESC not in text
 
 
-def test_operator_job_status_maps_missing_and_no_cluster(monkeypatch):
-    op = TrainOperator(task_id="train", recipe="qwen3-4b")
+def test_hook_job_state_maps_missing_and_no_cluster():
     cfg = _cfg(1)
     seen = []
 
-    def fake_run_json(c, step, **kw):  # `raystate.py job` on the head answers JSON
-        seen.append(step.argv)
-        return {"status": state, "text": "x"}
-    monkeypatch.setattr(op, "run_json", fake_run_json)
+    class Runner:
+        def run_json(self, c, step, **kw):  # `raystate.py job` on the head answers JSON
+            seen.append(step.argv)
+            return {"status": state, "text": "x"}
+    ray = RayClusterHook(cfg, Runner(), LogRecorder())
     for state, want in (("MISSING", None), ("NO_CLUSTER", "NO_CLUSTER"), ("RUNNING", "RUNNING"),
                         ("SUCCEEDED", "SUCCEEDED"), ("UNKNOWN", "NO_CLUSTER")):
-        assert op.job_status(cfg, "sid") == want, state
+        assert ray.job_state("sid") == want, state
     assert seen[0][1].endswith("/raystate.py") and seen[0][2:5] == ["job", "--job", "sid"]
     # a dead dashboard with a live GCS: the job may still run, so train refuses to guess
     state = "DASHBOARD_DOWN"
-    with pytest.raises(TrainingFailed, match="does not answer but its GCS does"):
-        op.job_status(cfg, "sid")
+    with pytest.raises(RayError, match="does not answer but its GCS does"):
+        ray.job_state("sid")
 
 
 # -- the driver log (item 6) ------------------------------------------------------------------
@@ -218,18 +218,18 @@ class FakeClock:
         self.now += s
 
 
-def _submit_op(monkeypatch, answers):
-    op = TrainOperator(task_id="train", recipe="qwen3-4b")
+def _submit_op(answers, log=None):
     clock = FakeClock()
-    op._clock, op._sleep = clock.clock, clock.sleep
     calls = []
 
-    def run_step(cfg, step, **kw):
-        calls.append(step.argv[:3])
-        rc, err = answers.pop(0) if answers else (1, NO_AGENT)
-        clock.now += 1  # each try takes a little time
-        return Result("gpu0", rc, "", err, err.splitlines())
-    monkeypatch.setattr(op, "run_step", run_step)
+    class Runner:
+        def run_step(self, cfg, step, **kw):
+            calls.append(step.argv[:3])
+            rc, err = answers.pop(0) if answers else (1, NO_AGENT)
+            clock.now += 1  # each try takes a little time
+            return Result("gpu0", rc, "", err, err.splitlines())
+    op = RayClusterHook(_cfg(1), Runner(), log or LogRecorder())
+    op._clock, op._sleep = clock.clock, clock.sleep
     return op, clock, calls
 
 
@@ -247,36 +247,35 @@ class LogRecorder:
 
 def test_no_available_agent_is_retried_with_a_log_line(monkeypatch):
     rec = LogRecorder()
-    monkeypatch.setattr(TrainOperator, "log", property(lambda self: rec))
-    op, clock, calls = _submit_op(monkeypatch, [(1, NO_AGENT), (1, NO_AGENT), (0, "")])
-    op.submit(_cfg(1), "sid", FACTS)
-    assert len(calls) == 3 and clock.slept == [train_mod.SUBMIT_RETRY_PAUSE_S] * 2
+    op, clock, calls = _submit_op([(1, NO_AGENT), (1, NO_AGENT), (0, "")], rec)
+    op.submit("sid", FACTS)
+    assert len(calls) == 3 and clock.slept == [ray_hook.SUBMIT_RETRY_PAUSE_S] * 2
     retries = [x for x in rec.lines if "Ray's job agent is not up yet" in x]
     assert len(retries) == 2 and "retrying `ray job submit` in 3 s (for up to 60 s)" in retries[0]
 
 
 def test_the_retry_is_bounded(monkeypatch):
-    op, clock, calls = _submit_op(monkeypatch, [])  # always "No available agent"
-    with pytest.raises(TrainingFailed) as e:
-        op.submit(_cfg(1), "sid", FACTS)
-    assert clock.now <= train_mod.SUBMIT_RETRY_S + train_mod.SUBMIT_RETRY_PAUSE_S + 1
-    assert 2 < len(calls) <= train_mod.SUBMIT_RETRY_S // train_mod.SUBMIT_RETRY_PAUSE_S + 1
+    op, clock, calls = _submit_op([])  # always "No available agent"
+    with pytest.raises(RayError) as e:
+        op.submit("sid", FACTS)
+    assert clock.now <= ray_hook.SUBMIT_RETRY_S + ray_hook.SUBMIT_RETRY_PAUSE_S + 1
+    assert 2 < len(calls) <= ray_hook.SUBMIT_RETRY_S // ray_hook.SUBMIT_RETRY_PAUSE_S + 1
     assert "did not come up within 60 s" in str(e.value)
 
 
 def test_only_no_agent_is_retried(monkeypatch):
-    op, clock, calls = _submit_op(monkeypatch, [(1, "RuntimeError: Request failed with status "
+    op, clock, calls = _submit_op([(1, "RuntimeError: Request failed with status "
                                                     "code 400: bad runtime env")])
-    with pytest.raises(TrainingFailed):
-        op.submit(_cfg(1), "sid", FACTS)
+    with pytest.raises(RayError):
+        op.submit("sid", FACTS)
     assert len(calls) == 1 and clock.slept == []
     # a duplicate id is not retried either, unless a retried submit may have created it
     exists = "ValueError: Job with submission_id sid already exists. Please use a different"
-    op, clock, calls = _submit_op(monkeypatch, [(1, exists)])
-    with pytest.raises(TrainingFailed):
-        op.submit(_cfg(1), "sid", FACTS)
-    op, clock, calls = _submit_op(monkeypatch, [(1, NO_AGENT), (1, exists)])
-    op.submit(_cfg(1), "sid", FACTS)
+    op, clock, calls = _submit_op([(1, exists)])
+    with pytest.raises(RayError):
+        op.submit("sid", FACTS)
+    op, clock, calls = _submit_op([(1, NO_AGENT), (1, exists)])
+    op.submit("sid", FACTS)
     assert len(calls) == 2
 
 
@@ -390,7 +389,7 @@ def test_ray_this_run_did_not_start_is_never_stopped():
     cfg = _cfg(2)
     local = _local(cfg)
     local["gpu0"] = {"raylets": [], "gcs_servers": [], "running": False}
-    with pytest.raises(ClusterError) as e:
+    with pytest.raises(RayError) as e:
         ray_start_plan(cfg, local, None, started_by_run=False)
     msg = str(e.value)
     assert msg.startswith("Ray is already running on node gpu1 (raylet pid(s) 110), and this run "
@@ -457,14 +456,20 @@ class FakeNodes:
         raise AssertionError(argv)
 
 
+class StartHook(RayClusterHook):
+    """The hook over fake nodes; start_ray(ours) records each before_start call."""
+
+    def __init__(self, cfg, fake):
+        super().__init__(cfg, fake, LogRecorder())
+        self.marks = []
+
+    def start_ray(self, ours):
+        return self.ensure_cluster(ours, lambda: self.marks.append({"ray_started": True}))
+
+
 def _start_op(monkeypatch, cfg, fake):
-    op = TrainOperator(task_id="train", recipe="qwen3-4b")
-    monkeypatch.setattr(op, "run_json", fake.run_json)
-    monkeypatch.setattr(op, "run_step", fake.run_step)
-    marks = []
-    monkeypatch.setattr(op, "mark_record", lambda c, b, **f: marks.append(f))
-    monkeypatch.setattr("slimeflow.secrets.ray_head_env", lambda: {})
-    return op, marks
+    op = StartHook(cfg, fake)
+    return op, op.marks
 
 
 def _as_list_nodes(alive):
@@ -476,7 +481,7 @@ def test_start_ray_reuses_a_complete_cluster(monkeypatch):
     cfg = _cfg(3)
     fake = FakeNodes(cfg, _local(cfg), _as_list_nodes(_alive(cfg)))
     op, marks = _start_op(monkeypatch, cfg, fake)
-    op.start_ray(cfg, "base", started_by_run=True)
+    op.start_ray(True)
     assert [e for e in fake.log if e[0] in ("stop", "start")] == [] and marks == []
 
 
@@ -487,7 +492,7 @@ def test_start_ray_stops_a_doubled_node_before_starting_again(monkeypatch):
     alive = _alive(cfg, extra=[{"ip": "10.0.0.2", "gpus": 8.0, "head": False}])
     fake = FakeNodes(cfg, local, _as_list_nodes(alive))
     op, marks = _start_op(monkeypatch, cfg, fake)
-    op.start_ray(cfg, "base", started_by_run=True)
+    op.start_ray(True)
     events = [e for e in fake.log if e[0] in ("stop", "start")]
     assert sorted(events[:2]) == [("stop", "gpu0"), ("stop", "gpu1")]
     assert events[2:] == [("start", "gpu0"), ("start", "gpu1")]  # head first
@@ -498,14 +503,14 @@ def test_start_ray_refuses_foreign_ray_and_starts_a_clean_cluster(monkeypatch):
     cfg = _cfg(2)
     fake = FakeNodes(cfg, _local(cfg), _as_list_nodes(_alive(cfg)))
     op, marks = _start_op(monkeypatch, cfg, fake)
-    with pytest.raises(TrainingFailed) as e:
-        op.start_ray(cfg, "base", started_by_run=False)
+    with pytest.raises(RayError) as e:
+        op.start_ray(False)
     assert "belongs to someone else" in str(e.value) and marks == []
     assert not [x for x in fake.log if x[0] in ("stop", "start")]
     clean = {n: {"raylets": [], "gcs_servers": [], "running": False} for n in cfg.cluster.nodes}
     fake = FakeNodes(cfg, clean)
     op, marks = _start_op(monkeypatch, cfg, fake)
-    op.start_ray(cfg, "base", started_by_run=False)
+    op.start_ray(False)
     assert [e for e in fake.log if e[0] == "start"] == [("start", "gpu0"), ("start", "gpu1")]
     assert ("list", "gpu0") not in fake.log and marks == [{"ray_started": True}]
 
@@ -523,9 +528,9 @@ def test_start_ray_fails_when_ray_stop_leaves_a_raylet(monkeypatch):
         if step.argv[:2] == ["ray", "stop"]:
             fake.state["gpu0"] = stubborn  # ray stop exits 0 and a raylet survives
         return res
-    monkeypatch.setattr(op, "run_step", run_step)
-    with pytest.raises(TrainingFailed) as e:
-        op.start_ray(cfg, "base", started_by_run=True)
+    fake.run_step = run_step
+    with pytest.raises(RayError) as e:
+        op.start_ray(True)
     assert "left Ray processes running (pids 100, 7); run `ray stop --force` there" in str(e.value)
     assert ("start", "gpu0") not in fake.log
 
@@ -546,11 +551,37 @@ def test_teardown_stops_ray_on_all_nodes_at_once_with_time_for_it(monkeypatch):
             return Result(step.node, 0, "", "", [])
         return Result(step.node, 0, "", "", [])
     monkeypatch.setattr(op, "run_step", run_step)
-    monkeypatch.setattr(op, "run_json", lambda c, step, **kw: {"lease": {"run": "d/r"}})
-    monkeypatch.setattr(op, "attempt_ids", lambda c, b: [])
+    monkeypatch.setattr(op, "run_json", _teardown_json({"ray_started": True, "attempts": []}))
     op.work(cfg, ctx)
     assert sorted(stops) == [(n, builders.RAY_STOP_TIMEOUT_S) for n in cfg.cluster.nodes]
     assert builders.RAY_STOP_TIMEOUT_S >= 60
+
+
+def _teardown_json(record):
+    """Node answers for teardown: every lease is this run's; the run record is `record`."""
+    def run_json(c, step, **kw):
+        if step.argv[1].endswith("fsops.py"):
+            return {"exists": record is not None, "text": json.dumps(record)}
+        return {"lease": {"run": "d/r"}, "released": True}
+    return run_json
+
+
+@pytest.mark.parametrize("record", [None, {"attempts": []}])
+def test_teardown_never_stops_a_ray_this_run_did_not_start(monkeypatch, record):
+    # preflight refused a node where someone else's Ray runs: the run has no record (or one
+    # without ray_started), and teardown must leave that Ray running
+    cfg = _cfg(2)
+    op = TeardownOperator(task_id="teardown", recipe="qwen3-4b")
+    rec = LogRecorder()
+    monkeypatch.setattr(TeardownOperator, "log", property(lambda self: rec))
+    ray_calls = []
+    monkeypatch.setattr(op, "run_step", lambda c, step, **kw: ray_calls.append(step.argv) or
+                        Result(step.node, 0, "", "", []))
+    monkeypatch.setattr(op, "run_json", _teardown_json(record))
+    assert op.work(cfg, {"dag": SimpleNamespace(dag_id="d"), "run_id": "r"}) == {}
+    assert [a for a in ray_calls if a[0] == "ray"] == []
+    assert any("this run never started Ray on its nodes; leaving any Ray there alone" in x
+               for x in rec.lines)
 
 
 def test_operator_on_kill_stops_ray_everywhere_at_once(monkeypatch):

@@ -94,9 +94,29 @@ class CheckClusterOperator(SlimeOperator):
                                f"preflight for them and retry.")
         shared = self.storage_shared(cfg)
         present = self.present_bytes(cfg)
-        facts = judge(cfg, probes, shared, present)
+        facts = judge(cfg, probes, shared, present, ray_is_ours=self.ray_is_ours(cfg, probes,
+                                                                                 context))
         self.log.info("cluster OK: %s", facts)
         return facts
+
+    def ray_is_ours(self, cfg, probes, context) -> bool:
+        """Only asked when Ray runs on a node: did this run start it (a cleared run whose
+        teardown could not stop it)? The run record on the head says so."""
+        import json
+
+        from slimeflow.hooks.ray import started_by_run
+        from slimeflow.operators.train import record_path
+
+        if not any((p.get("ray_local") or {}).get("running") for p in probes.values()):
+            return False
+        base_id = builders.submission_id(context["dag"].dag_id, context["run_id"])
+        res = self.run_json(cfg, builders.node_script(cfg, cfg.cluster.head, "fsops.py",
+                                                      "read-text", "--path",
+                                                      record_path(cfg, base_id)))
+        try:
+            return started_by_run(json.loads(res["text"])) if res.get("exists") else False
+        except ValueError:
+            return False
 
     def storage_shared(self, cfg):
         """True, or the list of nodes that cannot see a marker the head writes."""

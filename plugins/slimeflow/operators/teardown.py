@@ -1,11 +1,13 @@
 """teardown: always runs; stops this run's Ray job, the Ray processes this run started, and
-releases the node leases this run holds. A node leased by ANOTHER run is left alone (its Ray is
-not ours to stop)."""
+releases the node leases this run holds. A node leased by ANOTHER run is left alone, and so is
+every node when this run never started Ray (its run record says so): that Ray is not ours to
+stop."""
 from __future__ import annotations
 
 import json
 
 from slimeflow import builders
+from slimeflow.hooks.ray import RayClusterHook, started_by_run
 from slimeflow.operators.base import SlimeOperator
 from slimeflow.operators.train import lease_dir, lease_run_key, record_path
 
@@ -35,20 +37,27 @@ class TeardownOperator(SlimeOperator):
                              n, h)
         ours = [n for n in cfg.cluster.nodes if n not in foreign]
 
-        if head in ours:
-            for sub_id, final in self.attempt_ids(cfg, base_id):
-                step = builders.ray_job_cmd(cfg, "stop", sub_id)
-                if final == "STALLED":  # a hung trainer ignores SIGTERM; `ray stop` ends it
-                    step.argv.append("--no-wait")
-                res = self.run_step(cfg, step, check=False, timeout=900, log=None)
-                self.log.info("[%s] ray job stop %s: exit %d", head, sub_id, res.rc)
-
-        def stop(node):
-            r = self.run_step(cfg, builders.ray_stop(cfg, node), check=False,
-                              timeout=builders.RAY_STOP_TIMEOUT_S)
-            return r.rc
-        # every node at once (on_nodes): one `ray stop` takes up to ~22 s for real
-        rcs = self.on_nodes(ours, stop) if ours else {}
+        ray = RayClusterHook(cfg, self, self.log)
+        try:
+            record = self.run_record(cfg, base_id)
+        except Exception as e:  # the head is down: its record cannot say, the leases can
+            self.log.warning("[%s] cannot read this run's record (%s); stopping Ray only on "
+                             "the nodes this run holds the lease of", head, e)
+            ours = [n for n in ours if holders.get(n) == run]
+            record = {"ray_started": bool(ours), "attempts": []}
+        rcs = {}
+        if not started_by_run(record):
+            # a run that failed before train started Ray (preflight refused a node where a
+            # foreign Ray runs, say): whatever Ray runs on these nodes is not this run's
+            self.log.info("[%s] this run never started Ray on its nodes; leaving any Ray there "
+                          "alone", head)
+        else:
+            if head in ours:
+                for sub_id, final in self.attempt_ids(record, base_id):
+                    # a hung trainer ignores SIGTERM; `ray stop` below ends it
+                    ray.stop_job(sub_id, wait=final != "STALLED")
+            # every node at once: one real `ray stop` with a job running takes seconds
+            rcs = ray.stop_nodes(ours) if ours else {}
         for n in ours:
             try:
                 self.log.info("[%s] lease release: %s", n, lease(n, "release"))
@@ -60,15 +69,19 @@ class TeardownOperator(SlimeOperator):
                                f"`ray stop` there before the next run.")
         return rcs
 
-    def attempt_ids(self, cfg, base_id) -> list:
-        """This run's attempts that may still run (from the run record), else the base id."""
+    def run_record(self, cfg, base_id) -> dict:
         res = self.run_json(cfg, builders.node_script(cfg, cfg.cluster.head, "fsops.py",
                                                       "read-text", "--path",
                                                       record_path(cfg, base_id)))
         try:
-            attempts = json.loads(res["text"]).get("attempts", []) if res.get("exists") else []
+            return json.loads(res["text"]) if res.get("exists") else {}
         except ValueError:
-            attempts = []
+            return {}
+
+    @staticmethod
+    def attempt_ids(record, base_id) -> list:
+        """This run's attempts that may still run (from the run record), else the base id."""
+        attempts = record.get("attempts", [])
         ids = [(a["id"], a.get("final")) for a in attempts
                if a.get("final") in (None, "UNKNOWN", "UNREACHABLE", "STALLED", "LOST")]
         return ids or ([] if attempts else [(base_id, None)])

@@ -40,10 +40,9 @@ from typing import Any, AsyncIterator
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from slimeflow.hooks.ray import ACTIVE, TERMINAL
 from slimeflow.utils import logparse
 
-ACTIVE = ("PENDING", "RUNNING")
-TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 # `ray job stop --no-wait` only posts the stop request
 JOB_STOP_NO_WAIT_TIMEOUT_S = 20
 
