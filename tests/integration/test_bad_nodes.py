@@ -268,3 +268,49 @@ def test_ssh_auth_failure(cluster, tmp_path):
         os.environ.pop("AIRFLOW_CONN_SIM_BAD_KEY")
     assert str(e.value).startswith(f"SSH login to node sim_bad_key ({conn['host']}:22) as root failed"), e.value
     assert "check the connection's login and key_file/private_key" in str(e.value)
+
+
+# -- a Ray that is not ours -------------------------------------------------------------------
+
+def test_a_foreign_ray_on_other_ports_refuses_the_node_and_survives_teardown(cluster):
+    """Someone's real Ray on worker node 1, on ports of its own (the head's port check cannot
+    see it): check_cluster refuses that node in one sentence, and this run's teardown, which
+    never started Ray, leaves it running."""
+    from types import SimpleNamespace
+
+    from slimeflow.operators.teardown import TeardownOperator
+
+    rc, out, err = cluster.exec(1, "ray start --head --port=7379 --dashboard-port=8365 "
+                                   "--include-dashboard=false --num-gpus 8 "
+                                   "--disable-usage-stats", timeout=180)
+    assert rc == 0, out + err
+
+    def raylets():
+        return {p.pid for p in cluster.procs(1) if p.cmdline and
+                p.cmdline[0].endswith("/raylet")}
+    try:
+        theirs = raylets()
+        assert theirs
+        conf = run_conf(cluster, nodes=list(cluster.conn_ids[:2]))
+        cfg = RunConfig.from_params(RECIPE, conf, hosts=[n["host"] for n in cluster.nodes[:2]])
+        probes = {}
+        for i, node in enumerate(cfg.cluster.nodes):
+            one = config(cluster, i)
+            probes[node] = probe(cluster, i, one)[1]
+        assert probes["sim_node_1"]["ray_local"]["running"]
+        with pytest.raises(ClusterError) as e:
+            judge(cfg, probes, True, {})
+        msg = str(e.value)
+        assert "node sim_node_1 already runs a Ray that this run did not start (raylet pid(s) " \
+            in msg and "slimeflow never stops a Ray it did not start." in msg
+        assert "sim_node_0" not in msg
+        op = operator(TeardownOperator)
+        try:
+            assert op.work(cfg, {"dag": SimpleNamespace(dag_id="slime_foreign"),
+                                 "run_id": "manual__foreign"}) == {}
+        finally:
+            op.close_hooks()
+        assert raylets() == theirs  # still running, the same processes
+    finally:
+        cluster.exec(1, "ray stop --force", timeout=120)
+    assert not raylets()
