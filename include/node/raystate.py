@@ -4,6 +4,8 @@
                                  "running": bool}
     raystate.py job --job ID [--address URL]
                              -> {"status": ..., "text": ..., "info": {...} | null, "via": ...}
+    raystate.py actor --id ACTOR_ID [--address URL]
+                             -> {"found", "class_name", "pid", "node_ip", "node_state", ...}
 
 `local` lists this node's raylets and GCS servers from /proc (by process name, as `ray stop`
 finds them; zombies do not count). The train step asks every node before it starts Ray, because
@@ -17,6 +19,9 @@ the train operator (through `raystate.py job` on the head) all use read_job, so 
 drift apart. When the dashboard does not answer, read_job asks whether the GCS still does (TCP
 connect) and whether gcs_server/raylet run here: a dead dashboard with a live GCS is
 DASHBOARD_DOWN (the job may well still run), not a lost cluster.
+
+`actor` (read_actor) asks the state API where an actor ran (its node's IP and whether Ray counts
+that node DEAD): a driver that loses an actor with its node says only the actor's id.
 
 `job_state()` reads `ray job status` output; it is kept for the CLI fallback (read_job_cli).
 """
@@ -197,6 +202,62 @@ def read_job(job, address=DASHBOARD, timeout=10, get=None, gcs=None, cli=None):
             "text": "HTTP %s from %s: %s" % (code, url, (body or "").strip()[-2000:])}
 
 
+def _state_api(address, kind, key, value, get, timeout, detail=False):
+    """Rows of Ray's state API (`GET /api/v0/<kind>?filter_keys=..`, what `ray list` asks)
+    where key == value; [] when there is none, None when the dashboard gave no answer."""
+    from urllib.parse import urlencode
+
+    q = {"filter_keys": key, "filter_predicates": "=", "filter_values": value, "limit": "10"}
+    if detail:
+        q["detail"] = "true"
+    try:
+        code, body = get("%s/api/v0/%s?%s" % (address.rstrip("/"), kind, urlencode(q)), timeout)
+        data = json.loads(body) if code == 200 else None
+    except (OSError, ValueError):
+        return None
+    rows = ((data or {}).get("data") or {}).get("result")
+    rows = rows.get("result") if isinstance(rows, dict) else rows
+    return rows if isinstance(rows, list) else None
+
+
+def _death(cause):
+    """(one line, node IP) from Ray's death_cause of an actor (ActorDeathCause as JSON: one
+    context, e.g. actor_died_error_context with error_message and node_ip_address)."""
+    if not isinstance(cause, dict):
+        return None, None
+    for ctx in cause.values():
+        if isinstance(ctx, dict):
+            msg = ctx.get("error_message") or ctx.get("errorMessage")
+            ip = ctx.get("node_ip_address") or ctx.get("nodeIpAddress")
+            if msg or ip:
+                return (" ".join(str(msg).split())[:500] if msg else None), ip or None
+    return None, None
+
+
+def read_actor(actor_id, address=DASHBOARD, timeout=10, get=None):
+    """Where a Ray actor ran and how it ended, from the dashboard's state API: slime's driver
+    reports an actor lost with its node only by id ("ActorUnavailableError: The actor <id> is
+    unavailable"), and the node is what ops need.
+    {"found", "actor_id", "class_name", "pid", "state", "node_id", "node_ip", "node_state",
+     "death"}"""
+    get = get or _http_get
+    out = {"found": False, "actor_id": actor_id, "class_name": None, "pid": None,
+           "state": None, "node_id": None, "node_ip": None, "node_state": None, "death": None}
+    rows = _state_api(address, "actors", "actor_id", actor_id, get, timeout, detail=True)
+    if not rows:
+        return out
+    a = rows[0]
+    death, death_ip = _death(a.get("death_cause"))
+    out.update(found=True, class_name=a.get("class_name"), pid=a.get("pid") or None,
+               state=a.get("state"), node_id=a.get("node_id"), death=death, node_ip=death_ip)
+    if out["node_id"]:
+        nodes = _state_api(address, "nodes", "node_id", out["node_id"], get, timeout) or []
+        if nodes:
+            out.update(node_ip=nodes[0].get("node_ip") or out["node_ip"],
+                       node_state=nodes[0].get("state"))
+    return out
+
+
 # --------------------------------------------------------------------------- processes
 
 def _read(path, mode="r"):
@@ -259,7 +320,17 @@ def main(argv=None):
         a = ap.parse_args(argv[1:])
         print(json.dumps(read_job(a.job, a.address)))
         return 0
-    print("usage: raystate.py local | job --job ID [--address URL]", file=sys.stderr)
+    if argv[:1] == ["actor"]:
+        import argparse
+
+        ap = argparse.ArgumentParser(prog="raystate.py actor")
+        ap.add_argument("--id", required=True)
+        ap.add_argument("--address", default=DASHBOARD)
+        a = ap.parse_args(argv[1:])
+        print(json.dumps(read_actor(a.id, a.address)))
+        return 0
+    print("usage: raystate.py local | job --job ID | actor --id ACTOR_ID [--address URL]",
+          file=sys.stderr)
     return 2
 
 

@@ -2,6 +2,7 @@
 import json
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from tests.simcluster.cluster import SimCluster, procs_of
 
 pytestmark = pytest.mark.integration
 DAG = "slime_qwen3_next_80b_a3b"
+SAVE = "Qwen3-Next-80B-A3B-Thinking_slime"
 
 
 def hub_stats(cluster):
@@ -156,6 +158,35 @@ def test_two_nodes_multi_node_ray_and_shared_storage(sim, tmp_path):
     assert "--actor-num-nodes 2" in r["log"] and "--colocate" in r["log"]
     assert r["states"]["preflight[1]"] == "success"
     assert r["xcom"]["train"]["return_value"]["iteration"] == 3
+
+    # the worker machine dies mid-run (power cut): train fails naming it, nothing saved is lost
+    import threading
+
+    from tests.simcluster.faults import train_actors
+
+    kept = sorted(p.name for p in (cluster.base_folder / SAVE).glob("iter_*"))
+    got = {}
+    runner = threading.Thread(target=lambda: got.update(
+        run(cluster, env, tmp_path, "worker-dies", num_rollout=4000)))
+    runner.start()
+    for _ in range(600):  # until slime's training actor runs on the worker
+        if train_actors(cluster, 1) or not runner.is_alive():
+            break
+        time.sleep(0.5)
+    assert train_actors(cluster, 1), "no training actor came up on the worker"
+    cluster.fault("vanish-node", node=1)
+    runner.join(600)
+    assert not runner.is_alive() and got["rc"] != 0
+    assert got["states"]["train"] == "failed", got["states"]
+    train_fail = [l for l in got["log"].splitlines() if "ended FAILED: cause" in l or
+                  "ended LOST: cause" in l]
+    assert train_fail and "on node sim_node_1" in train_fail[0], fail_text(got)
+    assert set(kept) <= {p.name for p in (cluster.base_folder / SAVE).glob("iter_*")}
+    # the next run's preflight refuses the dead node before anything else touches it
+    again = run(cluster, env, tmp_path, "after-worker-died")
+    assert again["rc"] != 0 and again["states"]["preflight[1]"] == "failed", again["states"]
+    assert again["states"]["train"] == "upstream_failed"
+    assert "node sim_node_1 (" in again["log"] and ") is unreachable" in again["log"]
 
 
 def test_two_nodes_without_shared_storage_fail_in_check_cluster(sim, tmp_path):

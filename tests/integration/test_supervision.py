@@ -281,17 +281,20 @@ def test_survives_triggerer_restart_ssh_drop_and_sshd_restart(live):
     assert leftover(c) == []
 
 
-def test_killed_trainer_fails_fast_then_rerun_resumes_then_hang_is_a_stall(live):
+def test_killed_actor_fails_naming_it_then_rerun_resumes_then_hang_is_a_stall(live):
     af, c = live, live.cluster
     run_id, total = start(af, 400, stall_timeout_minutes=0.15)
     wait_training(af, run_id, rollouts=4)
-    c.fault("kill-trainer", node=0)
+    killed = c.fault("kill-actor", node=0)  # SIGKILL of a MegatronTrainRayActor
     af.wait_ti(run_id, "train", ("failed", "up_for_retry"), 60)  # latency: bench/detect_latency.py
     log = af.log(run_id, "train")
-    assert "ended FAILED: cause" in log and "Last " in log and "log lines:" in log
+    assert "ended FAILED: cause Ray actor died" in log, log[-3000:]
+    assert f"on node sim_node_0 in MegatronTrainRayActor (pid {killed['ns_pid']})" in log
+    assert "Last " in log and "log lines:" in log
     at_kill = latest_iteration(c)
     kept = checkpoints(c)
     assert at_kill in kept
+    assert len(submissions(c, run_id)) == 1
     af.wait_run(run_id, 60)
     # re-run: the FAILED attempt is resubmitted under a new id and resumes from the checkpoint
     af.clear(run_id, ["train"])
@@ -300,13 +303,14 @@ def test_killed_trainer_fails_fast_then_rerun_resumes_then_hang_is_a_stall(live)
     assert "resubmitting as" in log and f"holds rollout {at_kill}" in log
     af.wait(lambda: latest_iteration(c) >= at_kill + 4, 60, "the resumed job to checkpoint")
     assert set(kept) <= set(checkpoints(c))  # nothing lost
-    assert f"rollout {at_kill + 1}: " in next(c.node_tmp(0).joinpath("ray").rglob(
-        "job-driver-*-a2.log")).read_text()
-    assert len(submissions(c, run_id)) == 2
+    resumed = next(c.node_tmp(0).joinpath("ray").rglob("job-driver-*-a2.log")).read_text()
+    assert f"rollout {at_kill + 1}: " in resumed and f"rollout {at_kill}: " not in resumed
+    assert len(submissions(c, run_id)) == 2  # one per attempt
     # now the trainer hangs: no rollout line for stall_timeout -> stalled, job stopped
     c.fault("hang-trainer", node=0)  # every training actor freezes; Ray sees nothing wrong
     af.wait_ti(run_id, "train", "failed", 90)
-    assert "cause stalled" in af.log(run_id, "train")
+    log = af.log(run_id, "train")
+    assert "cause stalled" in log and "stopped the stalled job" in log
     assert af.wait_run(run_id, 60) == "failed"
     assert af.ti(run_id, "teardown")["state"] == "success"
     assert leftover(c) == []
@@ -327,15 +331,40 @@ def test_vanished_head_is_node_lost_at_the_next_poll(live):
     assert leftover(c) == []
 
 
-def test_marking_the_deferred_task_failed_stops_the_job_everywhere(live):
+def test_unreachable_head_then_a_clear_reattaches_then_a_cancel_stops_everything(live):
+    """SSH to the head is cut for longer than unreachable_timeout while the job trains on: the
+    task fails UNREACHABLE with the documented message and teardown cannot reach the node.
+    Once SSH is back, clearing the task reattaches to the same job (no second submission), and
+    marking it failed from the UI stops Ray everywhere."""
     af, c = live, live.cluster
-    run_id, _ = start(af, 400)
+    run_id, _ = start(af, 1200, unreachable_timeout_minutes=0.3)
     wait_training(af, run_id)
-    assert [p for p in leftover(c) if "train.py" in " ".join(p.cmdline)]
+    c.fault("block-ssh", node=0)
+    try:
+        af.wait_ti(run_id, "train", "failed", 120)
+        log = af.log(run_id, "train")
+        assert "ended UNREACHABLE: cause node lost; the head was unreachable over SSH for " in log
+        assert "(unreachable_timeout 18 s; last error: " in log
+        assert ("fix: check that the head is up and reachable over SSH, then clear the task: it "
+                "reattaches to the job if it still runs, or resumes from the latest checkpoint"
+                in log)
+        assert af.wait_run(run_id, 120) == "failed"  # teardown could not reach the head either
+        assert [p for p in leftover(c) if "train.py" in " ".join(p.cmdline)]  # the job trains on
+    finally:
+        c.fault("unblock-ssh", node=0)
+    before = latest_iteration(c)
+    af.clear(run_id, ["train"])
+    af.wait_ti(run_id, "train", "deferred", 90)
+    assert "attaching to it (no second submission)" in af.log(run_id, "train")
+    af.wait(lambda: latest_iteration(c) > before, 60, "the same job to checkpoint again")
+    assert len(submissions(c, run_id)) == 1
+    # cancel from the UI: mark the deferred task failed
     af.mark(run_id, "train", "failed")
     assert af.wait_run(run_id, 90) == "failed"
     af.wait_ti(run_id, "teardown", ("success", "failed"), 60)
-    assert "invoking on_kill" in af.log(run_id, "train") or \
-        "task killed by a user" in af.log(run_id, "train")
-    af.wait(lambda: leftover(c) == [], 20, "no process of this run on the node")
+    log = af.log(run_id, "train")
+    assert "invoking on_kill" in log or "task killed by a user" in log
+    af.wait(lambda: leftover(c) == [], 30, "no process of this run on the node")
+    assert not [p for p in c.procs(0) if p.cmdline and p.cmdline[0].endswith(("/raylet",
+                                                                               "/gcs_server"))]
     assert latest_iteration(c) in checkpoints(c)

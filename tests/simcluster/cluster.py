@@ -80,7 +80,7 @@ FLA_UNPATCHED = "b_dk += tl.dot(tl.trans(b_dA), b_kb)"
 STANDIN_DISTS = {"sglang": "0.5.6", "causal_conv1d": "1.5.4", "triton": "3.4.0", "slime": "0.2.0"}
 MEGATRON_VERSION = (0, 14, 0, "rc0")
 CACHE_DIR = Path(os.environ.get("SLIMEFLOW_SIM_CACHE", "~/.cache/slimeflow-sim")).expanduser()
-FAULTS = ("drop-ssh", "restart-sshd", "vanish-node", "vanish-head", "reboot-node", "kill-actor",
+FAULTS = ("drop-ssh", "restart-sshd", "block-ssh", "unblock-ssh", "vanish-node", "vanish-head", "reboot-node", "kill-actor",
           "kill-trainer", "hang-trainer", "resume-trainer", "corrupt-shard", "fill-disk", "unfill-disk",
           "foreign-gpu-proc")
 FILL_NAME = ".simcluster-fill"

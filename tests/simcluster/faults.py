@@ -66,6 +66,23 @@ def _drop_ssh(cluster, node=None, **_):
     return {"fault": "drop-ssh", "node": i, "killed": victims}
 
 
+def _block_ssh(cluster, node=None, **_):
+    """Node i stays up (Ray and the job keep running) but nobody can reach it over SSH: its
+    sessions drop and its sshd listener is gone until `unblock-ssh`, as in a long partition of
+    the management network."""
+    i = _node(cluster, node)
+    cluster.stop_sshd(i)
+    dropped = _drop_ssh(cluster, node=i)["killed"]
+    return {"fault": "block-ssh", "node": i, "killed": dropped}
+
+
+def _unblock_ssh(cluster, node=None, **_):
+    """sshd listens on node i again (same address and host key)."""
+    i = _node(cluster, node)
+    cluster.start_sshd(i)
+    return {"fault": "unblock-ssh", "node": i, "pid": cluster.listener_pid(i)}
+
+
 def _restart_sshd(cluster, node=None, **_):
     """Stop and start node i's sshd: same address, host key and config."""
     i = _node(cluster, node)

@@ -258,3 +258,76 @@ def test_the_operators_on_kill_says_where_a_resume_starts(monkeypatch):
     assert any("slime does not save on SIGTERM: a resume starts after the rollout in "
                "latest_checkpointed_iteration.txt in " + op._cfg.paths.save_dir in m
                for m in logs), logs
+
+
+# -- a worker machine dies (seen on real Ray 2.60 after a power cut of the worker node) --------
+
+NODE_DIED = ACTOR_DIED[:-1] + [
+    "The actor died because its node has died. Node Id: b275157566e579bf74cb2bb8f014264fafb5",
+    "\tthe actor's node was terminated unexpectedly: health check failed due to missing too "
+    "many heartbeats",
+    "The actor never ran - it was cancelled before it started running.",
+]
+UNAVAILABLE = [
+    "ray.exceptions.ActorUnavailableError: The actor 88567a4489ab2ebe7812b4cf02000000 is "
+    "unavailable: The actor is temporarily unavailable: RpcError: RPC error: failed to connect "
+    "to all addresses; last error: UNKNOWN: ipv4:10.231.0.12:14806: Failed to connect to "
+    "remote host: Connection refused rpc_code: 14."]
+
+
+def test_a_dead_node_is_a_lost_node_named_by_the_actor_died_fields(monkeypatch):
+    # the reason line after the fields also says "The actor died": the fields still count
+    assert logparse.actor_died_details(NODE_DIED)["ip"] == "10.231.0.12"
+    ev, argvs = _run(monkeypatch, [{"status": "FAILED", "lines": NODE_DIED, "offset": 5}])
+    p = ev.payload
+    assert p["cause"] == "node lost" and "left the Ray cluster" in p["fix"]
+    assert "first seen on node gpu1 in MegatronTrainRayActor (pid 814)" in p["message"]
+    assert not [a for a in argvs if "actor" in a]  # the log said it all: no state API call
+
+
+def test_an_actor_named_only_by_its_id_is_located_through_rays_state_api(monkeypatch):
+    def where(node_state):
+        return {"found": True, "actor_id": "88567a4489ab2ebe7812b4cf02000000",
+                "class_name": "MegatronTrainRayActor", "pid": 437, "state": "DEAD",
+                "node_id": "b2", "node_ip": "10.231.0.12", "node_state": node_state,
+                "death": "The actor is dead because its owner has died. Owner Id: 02"}
+    ev, argvs = _run(monkeypatch, [{"status": "FAILED", "lines": UNAVAILABLE, "offset": 5},
+                                   where("ALIVE")])
+    p = ev.payload
+    assert argvs[-1][1:5] == ["/n/raystate.py", "actor", "--id",
+                              "88567a4489ab2ebe7812b4cf02000000"]
+    assert p["cause"] == "Ray actor died"
+    assert "first seen on node gpu1 in MegatronTrainRayActor (pid 437)" in p["message"]
+    assert "owner has died" not in p["message"]  # asked after the driver ended: noise
+    ev, _ = _run(monkeypatch, [{"status": "FAILED", "lines": UNAVAILABLE, "offset": 5},
+                               where("DEAD")])
+    assert ev.payload["cause"] == "node lost" and "on node gpu1" in ev.payload["message"]
+
+
+def test_raystate_reads_an_actor_and_its_node_from_the_state_api():
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "node_raystate", Path(__file__).resolve().parents[2] / "include/node/raystate.py")
+    raystate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(raystate)
+    asked = []
+
+    def get(url, timeout):
+        asked.append(url)
+        if "/api/v0/actors?" in url:  # the shape of Ray 2.60's list API answer
+            return 200, json.dumps({"result": True, "msg": "", "data": {"result": {
+                "total": 1, "num_after_truncation": 1, "num_filtered": 1, "result": [{
+                    "actor_id": "88aa", "class_name": "MegatronTrainRayActor", "state": "DEAD",
+                    "node_id": "b2", "pid": 437, "death_cause": {"actor_died_error_context": {
+                        "error_message": "The actor died because its node has died.",
+                        "node_ip_address": "10.231.0.12"}}}]}}})
+        return 200, json.dumps({"result": True, "data": {"result": {"result": [
+            {"node_id": "b2", "node_ip": "10.231.0.12", "state": "DEAD"}]}}})
+    got = raystate.read_actor("88aa", "http://127.0.0.1:8265", get=get)
+    assert (got["class_name"], got["pid"], got["node_ip"], got["node_state"]) == (
+        "MegatronTrainRayActor", 437, "10.231.0.12", "DEAD")
+    assert "filter_keys=actor_id" in asked[0] and "filter_values=88aa" in asked[0]
+    assert "detail=true" in asked[0] and "filter_values=b2" in asked[1]
+    assert raystate.read_actor("x", get=lambda u, t: (500, "boom"))["found"] is False

@@ -23,11 +23,14 @@ class TeardownOperator(SlimeOperator):
                 cfg, node, "lease.py", verb, "--dir", lease_dir(cfg), "--node", node,
                 "--run", run))
 
+        unreached = []
+
         def holder(node):
             try:
                 return (lease(node, "show").get("lease") or {}).get("run")
             except Exception as e:  # unreachable node: try ray stop anyway below
                 self.log.warning("[%s] cannot read the node lease: %s", node, e)
+                unreached.append(node)
                 return None
 
         holders = self.on_nodes(cfg.cluster.nodes, holder)
@@ -64,6 +67,11 @@ class TeardownOperator(SlimeOperator):
             except Exception as e:
                 self.log.warning("[%s] could not release the node lease: %s", n, e)
         failed = [n for n, rc in rcs.items() if rc != 0]
+        if unreached:
+            raise RuntimeError(f"teardown could not reach node(s) {', '.join(sorted(unreached))}, "
+                               f"so Ray this run started may still run there; once they answer "
+                               f"over SSH, clear the teardown task (or clear train to reattach "
+                               f"to a job that still runs).")
         if failed:
             raise RuntimeError(f"`ray stop` failed on node(s) {', '.join(failed)}; log in and run "
                                f"`ray stop` there before the next run.")

@@ -178,7 +178,11 @@ class TrainOperator(SlimeOperator):
                 self.log.info("[%s] job %s succeeded; checkpoint %s (rollout %s)", head, sub_id,
                               ckpt["path"], ckpt["iteration"])
                 return ckpt
-            self.update_attempt(cfg, base_id, sub_id, final=status or "UNKNOWN")
+            try:
+                self.update_attempt(cfg, base_id, sub_id, final=status or "UNKNOWN")
+            except Exception as e:  # UNREACHABLE: the head may still be out of reach
+                self.log.warning("[%s] could not note the end of job %s in the run record (%s); "
+                                 "a retry asks Ray for the job's state instead", head, sub_id, e)
             if status == "STALLED":
                 # a hung job would be re-attached by a retry: stop it so the retry resumes
                 # --no-wait: a hung trainer may not honour SIGTERM; teardown's `ray stop` ends it

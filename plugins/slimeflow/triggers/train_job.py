@@ -226,6 +226,33 @@ class TrainJobTrigger(BaseTrigger):
                              "start_iteration": self.start_iteration,
                              "message": msg, "tail": lines, **extra})
 
+    async def _locate_actor(self, node, c: dict, tail) -> dict:
+        """Ask Ray (state API, `raystate.py actor` on the head) where the lost actor ran: a
+        driver that loses an actor with its node names only the actor's id. An actor whose
+        node Ray counts DEAD is a lost node, and the fix names that node."""
+        from slimeflow.builders import RAY_DASHBOARD
+
+        aid = logparse.actor_id_in([c.get("line") or ""] + list(tail))
+        if not aid:
+            return c
+        try:
+            info = await node.run_json(["python3", f"{self.node_dir}/raystate.py", "actor",
+                                        "--id", aid, "--address", RAY_DASHBOARD], timeout=60)
+        except RemoteError as e:
+            self.log.warning("[%s] could not ask Ray where actor %s ran: %s", self.head, aid, e)
+            return c
+        if not info.get("found"):
+            return c
+        death = info.get("death") or ""
+        if death.startswith("The actor is dead because its owner has died"):
+            death = ""  # asked after the job ended: its driver (the owner) is gone by then
+        c = dict(c, actor=c.get("actor") or info.get("class_name"),
+                 pid=c.get("pid") or info.get("pid"), ip=info.get("node_ip"), remote=None,
+                 death=death or None)
+        if info.get("node_state") == "DEAD" and info.get("node_ip"):
+            c.update(cause="node lost", fix=logparse.FIXES["node lost"])
+        return c
+
     def _where(self, c: dict) -> str:
         """'on node gpu1 in MegatronTrainRayActor (pid 814)' for a cause: the node from its IP
         (a prefix without `ip=`, or a line of the driver's own, is the head)."""
@@ -377,9 +404,13 @@ class TrainJobTrigger(BaseTrigger):
                                       "checkpoint", tail, f"{note}; ", resume=note, **common)
                 else:
                     c = logparse.failure_cause(list(tail), st.get("cause"))
+                    if c["cause"] in ("Ray actor died", "node lost") and not c.get("ip"):
+                        c = await self._locate_actor(node, c, tail)
                     detail = ""
                     if c.get("line"):
                         detail = f"first seen {self._where(c)}: {c['line'][:300]}; "
+                    if c.get("death"):
+                        detail += f"Ray says: {c['death'][:300]}; "
                     yield self._event("FAILED", c["cause"], c["fix"], tail, detail,
                                       where={k: c.get(k) for k in ("actor", "pid", "ip")},
                                       **common)

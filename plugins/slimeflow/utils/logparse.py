@@ -47,6 +47,9 @@ CUDA_OOM = re.compile(r"torch\.(?:cuda\.)?OutOfMemoryError|CUDA out of memory|"
                       r"CUDA error: out of memory|CUBLAS_STATUS_ALLOC_FAILED")
 NCCL = re.compile(r"NCCL error|DistBackendError|ncclInternalError|NCCL WARN|ncclSystemError|"
                   r"ncclUnhandledCudaError|ncclRemoteError")
+# Ray 2.60 (gcs_actor_manager / exceptions.py) when an actor's machine or raylet is gone
+NODE_DIED = re.compile(r"The actor died because its node has died|"
+                       r"the actor's node was terminated unexpectedly")
 ACTOR_DIED = re.compile(r"ActorDiedError|RayActorError|The actor died|ActorUnavailable")
 PY_EXC = re.compile(r"^Traceback \(most recent call last\)|^\w+(Error|Exception): ")
 
@@ -69,6 +72,10 @@ CAUSES = [
     # (and a dead actor says more than the driver's traceback that reports it).
     ("host OOM", HOST_OOM, FIX_HOST_OOM, 3),
     ("CUDA OOM", CUDA_OOM, FIX_CUDA_OOM, 3),
+    # a dead node takes its actors' NCCL peers down with it: it outranks their NCCL errors
+    ("node lost", NODE_DIED, "the node named above left the Ray cluster while the job ran "
+     "(power, network or raylet failure): check it, or remove it from `nodes`, then clear the "
+     "task; slime resumes from the latest checkpoint", 3),
     ("NCCL", NCCL, "check the nodes' interconnect and socket_ifname; try nccl_nvls=0", 2),
     ("Ray actor died", ACTOR_DIED,
      "look at the dead actor's log on the node for the first error (often OOM or a node loss)",
@@ -225,7 +232,9 @@ def actor_died_details(lines: list) -> dict:
     lines = [clean_line(l) for l in lines]
     start = None
     for i, l in enumerate(lines):
-        if "The actor died" in l:
+        # the header, not the reason lines after the fields ("The actor died because its
+        # node has died")
+        if "The actor died unexpectedly" in l or "ActorDiedError:" in l:
             start = i
     if start is None:
         return {}
@@ -242,6 +251,20 @@ def actor_died_details(lines: list) -> dict:
     return got
 
 
+# How a driver names an actor it lost: "ActorUnavailableError: The actor 5c27.. is unavailable"
+# (Ray 2.60, when the actor's node died), or the "actor_id: 5c27.." field of an ActorDiedError.
+_ACTOR_ID = re.compile(r"(?:\b[Tt]he actor |\bactor_id: ?)([0-9a-f]{16,})\b")
+
+
+def actor_id_in(lines: list):
+    """The id of the last actor the lines name, else None."""
+    found = None
+    for line in lines:
+        for m in _ACTOR_ID.finditer(line or ""):
+            found = m.group(1)
+    return found
+
+
 def failure_cause(lines: list, seen=None) -> dict:
     """The cause of a failed job: `seen` (the strongest cause the trigger met over the whole
     stream, kept across polls) when it is strong, else the best in `lines` (the last log lines);
@@ -255,7 +278,8 @@ def failure_cause(lines: list, seen=None) -> dict:
                 "line": None, "actor": None, "pid": None, "ip": None, "remote": None}
     best = dict(best)
     died = actor_died_details(lines)
-    if died and (best["cause"] in ("Ray actor died", "host OOM") or not best.get("actor")):
+    if died and (best["cause"] in ("Ray actor died", "host OOM", "node lost")
+                 or not best.get("actor")):
         if not best.get("actor"):
             best["actor"] = died.get("actor")
             best["pid"] = died.get("pid", best.get("pid"))
