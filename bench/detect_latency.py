@@ -1,11 +1,12 @@
-"""Detection latency of `train`: trainer killed -> task instance failed, through a live Airflow
-(scheduler, api-server, triggerer; the harness of tests/integration/test_supervision.py) and the
-simulated cluster over real SSH.
+"""Detection latency of `train`: a training actor killed -> task instance failed, through a live
+Airflow (scheduler, api-server, triggerer; the harness of tests/integration/test_supervision.py)
+and the simulated cluster (real Ray 2.60) over real SSH.
 
-    .venv/bin/python bench/detect_latency.py [--runs 5] [--poll 5 15]
+    .venv/bin/python bench/detect_latency.py [--runs 5] [--poll 5 15] [--fault kill-actor]
 
 For each poll interval and measurement: trigger a DAG run (training resumes from the previous
-checkpoint), wait until `train` is deferred and training, SIGKILL the trainer, and time until the
+checkpoint), wait until `train` is deferred and training, SIGKILL one MegatronTrainRayActor
+(`--fault kill-trainer`: slime's driver instead), and time until the
 REST API reports the task `failed`, then until the failure alert reaches a loopback Slack webhook. Prints median/min/max per poll
 interval. The REST poll adds up to 0.25 s.
 """
@@ -33,6 +34,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--poll", type=int, nargs="+", default=[5, 15])
+    ap.add_argument("--fault", default="kill-actor", choices=["kill-actor", "kill-trainer"])
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="detect-latency-"))
     cluster = SimCluster.up(tmp / "cluster", nodes=1, gpu="H100", rollout_seconds=0.25)
@@ -65,7 +67,7 @@ def main():
                                              poll_interval=poll, lease_wait_minutes=0))
                 wait_training(af, run_id, rollouts=2, timeout=180)
                 time.sleep(poll * (i / a.runs))  # spread the kill over the poll cycle
-                cluster.fault("kill-trainer", node=0)
+                cluster.fault(a.fault, node=0)
                 t0 = time.time()
                 seen = len(sink.posts)
                 af.wait_ti(run_id, "train", "failed", poll + 60)

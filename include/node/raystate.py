@@ -311,23 +311,17 @@ def main(argv=None):
     if argv[:1] == ["local"]:
         print(json.dumps(ray_processes()))
         return 0
-    if argv[:1] == ["job"]:
+    # verb: (the id flag, reader)
+    verbs = {"job": ("--job", read_job), "actor": ("--id", read_actor)}
+    if argv[:1] and argv[0] in verbs:
         import argparse
 
-        ap = argparse.ArgumentParser(prog="raystate.py job")
-        ap.add_argument("--job", required=True)
+        flag, reader = verbs[argv[0]]
+        ap = argparse.ArgumentParser(prog="raystate.py " + argv[0])
+        ap.add_argument(flag, dest="ident", required=True)
         ap.add_argument("--address", default=DASHBOARD)
         a = ap.parse_args(argv[1:])
-        print(json.dumps(read_job(a.job, a.address)))
-        return 0
-    if argv[:1] == ["actor"]:
-        import argparse
-
-        ap = argparse.ArgumentParser(prog="raystate.py actor")
-        ap.add_argument("--id", required=True)
-        ap.add_argument("--address", default=DASHBOARD)
-        a = ap.parse_args(argv[1:])
-        print(json.dumps(read_actor(a.id, a.address)))
+        print(json.dumps(reader(a.ident, a.address)))
         return 0
     print("usage: raystate.py local | job --job ID | actor --id ACTOR_ID [--address URL]",
           file=sys.stderr)

@@ -356,6 +356,9 @@ def test_unreachable_head_then_a_clear_reattaches_then_a_cancel_stops_everything
     af.clear(run_id, ["train"])
     af.wait_ti(run_id, "train", "deferred", 90)
     assert "attaching to it (no second submission)" in af.log(run_id, "train")
+    # the new trigger follows the same job: its progress lines arrive in the new try's log
+    af.wait(lambda: "progress: rollout" in af.log(run_id, "train", tries=[2]), 60,
+            "progress lines from the reattached trigger")
     af.wait(lambda: latest_iteration(c) > before, 60, "the same job to checkpoint again")
     assert len(submissions(c, run_id)) == 1
     # cancel from the UI: mark the deferred task failed

@@ -331,3 +331,13 @@ def test_raystate_reads_an_actor_and_its_node_from_the_state_api():
     assert "filter_keys=actor_id" in asked[0] and "filter_values=88aa" in asked[0]
     assert "detail=true" in asked[0] and "filter_values=b2" in asked[1]
     assert raystate.read_actor("x", get=lambda u, t: (500, "boom"))["found"] is False
+
+
+def test_a_refused_reconnect_is_an_unreachable_head_not_a_crashed_trigger(monkeypatch):
+    # sshd down on the head: asyncssh's connect raises ConnectionRefusedError (an OSError)
+    async def refused(self):
+        raise ConnectionRefusedError(111, "Connect call failed ('10.231.0.11', 22)")
+    monkeypatch.setattr(train_job.AsyncNode, "connect", refused)
+    node = train_job.AsyncNode("gpu0", "/n")
+    with pytest.raises(train_job.RemoteError, match="ConnectionRefusedError"):
+        asyncio.run(node.run(["true"]))

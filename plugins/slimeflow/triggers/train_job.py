@@ -125,10 +125,12 @@ class AsyncNode:
                   timeout: float = 120) -> tuple:
         """(rc, stdout, stderr) of argv run through runner.py. stdin stays open while it runs:
         runner.py stops the child when the channel closes."""
-        conn = await self.connect()
         cmd = "python3 -u " + shlex.quote(posixpath.join(self.node_dir, "runner.py"))
         spec = {"argv": list(argv), "env": dict(env or {}), "cwd": cwd, "timeout": timeout}
         try:
+            # inside the try: a refused or timed-out (re)connect is an unreachable head too,
+            # not a crash of the trigger (seen with sshd down on the head for real)
+            conn = await self.connect()
             proc = await conn.create_process(cmd, encoding="utf-8")
             try:
                 proc.stdin.write(json.dumps(spec) + "\n")
@@ -139,7 +141,7 @@ class AsyncNode:
                 proc.close()
         except asyncio.CancelledError:
             raise
-        except Exception as e:  # connection lost, channel refused, timeout
+        except Exception as e:  # connection refused or lost, channel refused, timeout
             self.close()
             raise RemoteError(f"{type(e).__name__}: {e}") from None
         return proc.exit_status if proc.exit_status is not None else -1, out, err
