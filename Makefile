@@ -39,7 +39,8 @@ test-unit: venv
 gpu-tests:
 	python3 -m pytest -q -m gpu tests/gpu -p no:cacheprovider
 
-# Airflow for real nodes: scheduler, triggerer, dag-processor and API/UI on 127.0.0.1:8080.
+# Airflow for real nodes: scheduler, triggerer, dag-processor and API/UI on 127.0.0.1:8080
+# (`airflow standalone`, watched: a component that dies stops the target with its error).
 up: venv
 	mkdir -p $(AIRFLOW_HOME)
 	AIRFLOW_HOME=$(AIRFLOW_HOME) \
@@ -49,7 +50,7 @@ up: venv
 	AIRFLOW__API__HOST=127.0.0.1 \
 	AIRFLOW__CORE__PARALLELISM=$${AIRFLOW__CORE__PARALLELISM:-4} \
 	PYTHONPATH=$(CURDIR)/plugins \
-	$(BIN)/airflow standalone
+	$(BIN)/python -m slimeflow.devserver
 
 sim-up: venv system-deps
 	$(BIN)/python -m tests.simcluster up --nodes $${NODES:-2} --gpu $${GPU:-H100} --gpus-per-node 8 --state-dir $(STATE)/sim
