@@ -197,7 +197,7 @@ def judge(cfg: RunConfig, probes: dict, storage_shared, present: dict | None = N
             problems.append(f"node {node}: NCCL could not run an all-reduce over its GPUs "
                             f"({nccl.get('error') or 'no result'}); check the driver, "
                             f"nvidia-fabricmanager and NCCL_* settings there, or set "
-                            f"preflight_nccl=false to skip this check.")
+                            f"preflight_nccl=off to skip this check.")
         elif (nccl.get("busbw_gbps") or 0) < cfg.recipe.nccl_busbw_floor_gbps:
             problems.append(f"node {node}: NCCL all-reduce bus bandwidth is "
                             f"{nccl.get('busbw_gbps')} GB/s, far below this recipe's floor of "

@@ -119,6 +119,7 @@ class RunConfig:
                 raise v.ParamError("Param `nodes` names two connections with the same host; each "
                                    "node must be a different machine.")
         gpus = v.check_int("gpus_per_node", p.get("gpus_per_node", 8), 1, 16)
+        nccl_check = v.check_auto_on_off("preflight_nccl", p.get("preflight_nccl"))
         try:
             layout = recipe.layout_for(len(nodes))
         except ValueError as e:
@@ -189,8 +190,7 @@ class RunConfig:
                                                     p.get("extra_train_args") or []),
                 cp_size=cp, nccl_nvls=nvls,
                 poll_interval=v.check_int("poll_interval", p.get("poll_interval", 15), 1, 600),
-                preflight_nccl=(gpus > 1 if p.get("preflight_nccl") is None else
-                                v.check_bool("preflight_nccl", p.get("preflight_nccl"))),
+                preflight_nccl=(gpus > 1 if nccl_check is None else nccl_check),
                 unreachable_timeout_s=60 * _minutes("unreachable_timeout_minutes",
                                                     p.get("unreachable_timeout_minutes"), 10),
                 stall_timeout_s=60 * _minutes("stall_timeout_minutes",

@@ -85,8 +85,9 @@ def param_specs(recipe: Recipe) -> dict:
         "extra_train_args": ([], {"type": "array", "maxItems": 200,
                                   "items": {"type": "string", "maxLength": 4096,
                                             "pattern": EXTRA_ARG_PATTERN}},
-                             "Extra train.py args", "Appended to slime's train.py arguments: "
-                             "`--flag [value ...]` tokens only, e.g. [\"--lr\", \"2e-6\"]."),
+                             "Extra train.py args", "Appended to slime's train.py arguments, "
+                             "one token per line: a flag on one line, each of its values on "
+                             "the next (e.g. --lr, then 2e-6)."),
         "cp_size": (None, {"type": ["null", "integer"], "minimum": 1, "maximum": 64},
                     "Context parallel size", "Multi-node layout only. Empty: the seed's 4, or "
                     "the largest that fits the GPUs."),
@@ -99,10 +100,18 @@ def param_specs(recipe: Recipe) -> dict:
                                "8265 run code on the nodes: firewall it, or choose 127.0.0.1 "
                                "(slimeflow submits jobs from the head itself; reach the dashboard "
                                "through an SSH tunnel). See docs/security.md."),
-        "preflight_nccl": (None, {"type": ["null", "boolean"]}, "NCCL check in preflight",
+        # true/false stay valid: a run triggered with the old boolean must still resume (Airflow
+        # re-validates a deferred task's params when it resumes)
+        "preflight_nccl": ("auto", {"type": ["string", "boolean"],
+                                    "enum": ["auto", "on", "off", True, False],
+                                    "values_display": {"auto": "auto", "on": "on", "off": "off",
+                                                       "true": "on (true)",
+                                                       "false": "off (false)"}},
+                           "NCCL check in preflight",
                            "Run an NCCL all-reduce over every GPU of each node in preflight and "
                            "fail check_cluster when NCCL cannot start or the bus bandwidth is far "
-                           "below the recipe's floor. Empty: on when a node has more than one GPU."),
+                           "below the recipe's floor. auto: on when a node has more than one GPU; "
+                           "off where there is no CUDA (the simulated cluster)."),
         "poll_interval": (15, {"type": "integer", "minimum": 1, "maximum": 600},
                           "Poll interval (s)", "How often train checks the job and copies its "
                           "log into the task log."),

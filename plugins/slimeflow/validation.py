@@ -160,6 +160,18 @@ def check_bool(field: str, value) -> bool:
     return value
 
 
+def check_auto_on_off(field: str, value):
+    """"auto" (or empty) -> None, "on" -> True, "off" -> False; true/false as booleans are
+    accepted too (runs triggered before the setting became a three-way choice)."""
+    if value is None or value == "auto":
+        return None
+    if isinstance(value, bool):
+        return value
+    if value in ("on", "off"):
+        return value == "on"
+    raise ParamError(f"Param `{field}` must be auto, on or off; got {_show(value)}.")
+
+
 def check_extra_args(field: str, value) -> tuple:
     if not isinstance(value, (list, tuple)):
         raise ParamError(f"Param `{field}` must be a list of strings like "

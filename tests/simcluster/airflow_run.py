@@ -38,7 +38,7 @@ def run_conf(cluster, **overrides) -> dict:
         "save_interval": 2,
         "poll_interval": 1,
         # the simulated nodes have no CUDA: NCCL is proven on lent GPUs (docs/gpu-validation.md)
-        "preflight_nccl": False,
+        "preflight_nccl": "off",
     }
     conf.update(overrides)
     return conf
