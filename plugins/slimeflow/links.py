@@ -5,12 +5,15 @@ Airflow computes each link in the worker when the task finishes (or defers) and 
 
 - Ray dashboard: SLIMEFLOW_RAY_DASHBOARD_URL (environment) or the Variable
   slimeflow_ray_dashboard_url, a template with {master_addr}, {head}, {dag_id}, {run_id},
-  {submission_id}; e.g. `http://{master_addr}:8265/#/jobs` or, behind a proxy,
-  `https://ray.example.com/{head}/`. Unset: no link.
+  {submission_id}; e.g. behind a proxy `https://ray.example.com/{head}/`. Unset: the head's own
+  dashboard, `http://<master_addr>:8265/#/jobs`, when it answers from the worker (not when
+  ray_dashboard_host keeps it on 127.0.0.1: reach it through an SSH tunnel then).
 - W&B: shown when the run has W&B on (`--use-wandb` in the recipe or extra_train_args). The URL is
   the run's own (XCom `wandb_url` of train, when the job printed one), else SLIMEFLOW_WANDB_URL /
   Variable slimeflow_wandb_url (template with {host}, {team}, {project}, {group}, {dag_id},
-  {run_id}), else `{host}/{team}/{project}` from the --wandb-* arguments.
+  {run_id}), else `{host}/{entity}/{project}` from the --wandb-* arguments. W&B's URLs need the
+  entity: --wandb-team, else SLIMEFLOW_WANDB_ENTITY / Variable slimeflow_wandb_entity (the team
+  or user the API key writes to); without one the link goes to the host's home page.
 """
 from __future__ import annotations
 
@@ -63,6 +66,16 @@ def _head_host(params: dict) -> str:
         return ""
 
 
+def _answers(host: str, port: int) -> bool:
+    import socket
+
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
 class _SafeDict(dict):
     def __missing__(self, key):
         return "{" + key + "}"
@@ -73,9 +86,13 @@ class RayDashboardLink(BaseOperatorLink):
 
     def get_link(self, operator, *, ti_key) -> str:
         template = _config("SLIMEFLOW_RAY_DASHBOARD_URL", "slimeflow_ray_dashboard_url")
-        if not template:
-            return ""
         params, ids = _context(ti_key)
+        if not template:
+            host = _head_host(params)
+            if (params.get("ray_dashboard_host") == "127.0.0.1" or not host
+                    or not _answers(host, 8265)):
+                return ""
+            template = "http://{master_addr}:8265/#/jobs"
         from slimeflow import builders
 
         try:
@@ -107,8 +124,9 @@ def wandb_args(recipe_name: str, params: dict) -> dict | None:
                 return tokens[i + 1]
         return default
     return {"host": flag("--wandb-host", "https://wandb.ai").rstrip("/"),
-            "team": flag("--wandb-team"), "project": flag("--wandb-project", "slime"),
-            "group": flag("--wandb-group")}
+            "team": flag("--wandb-team") or _config("SLIMEFLOW_WANDB_ENTITY",
+                                                    "slimeflow_wandb_entity") or "",
+            "project": flag("--wandb-project", "slime"), "group": flag("--wandb-group")}
 
 
 class WandbRunLink(BaseOperatorLink):
@@ -128,8 +146,9 @@ class WandbRunLink(BaseOperatorLink):
         template = _config("SLIMEFLOW_WANDB_URL", "slimeflow_wandb_url")
         if template:
             return template.format_map(_SafeDict(**args, **ids))
-        path = "/".join(p for p in (args["team"], args["project"]) if p)
-        url = f"{args['host']}/{path}"
+        if not args["team"]:  # {host}/{project} would be read as an entity named so
+            return args["host"]
+        url = f"{args['host']}/{args['team']}/{args['project']}"
         if args["group"]:
             url += f"/groups/{args['group']}"
         return url

@@ -85,6 +85,10 @@ def test_single_node_h100_end_to_end(finished):
     # progress came from the lines real Ray wrote: slime's actor lines, behind Ray's prefix
     assert "progress: rollout 4/4 (100.0%)" in r["log"]
     assert "(MegatronTrainRayActor pid=" in r["log"]
+    # the SSH libraries' per-connection chatter stays out of the task logs
+    for chatter in ("Authentication (publickey) successful", "Opened sftp connection",
+                    "Requesting new SSH session", "Opening SSH connection to"):
+        assert chatter not in r["log"], chatter
     # converter output is the real layout, marked as ours
     td = Path(x["convert"]["return_value"])
     assert (td / "latest_checkpointed_iteration.txt").read_text().strip() == "release"

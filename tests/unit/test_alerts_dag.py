@@ -101,3 +101,39 @@ def test_links_render_from_templates(monkeypatch):
     assert WandbRunLink().get_link(op, ti_key=ti) == "https://wandb.ai/ml/rl/groups/q3n"
     ti.get_template_context = lambda: {"params": {"nodes": ["gpu0"]}}
     assert WandbRunLink().get_link(op, ti_key=ti) == ""  # W&B off: no link
+
+
+def test_links_by_default_the_heads_dashboard_when_it_answers_and_the_wandb_entity(monkeypatch):
+    import socket
+    from types import SimpleNamespace
+
+    from slimeflow.links import RayDashboardLink, WandbRunLink
+
+    monkeypatch.delenv("SLIMEFLOW_RAY_DASHBOARD_URL", raising=False)
+    monkeypatch.delenv("SLIMEFLOW_WANDB_URL", raising=False)
+    monkeypatch.setattr("slimeflow.links._config",
+                        lambda env, var: __import__("os").environ.get(env))
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    port = srv.getsockname()[1]
+    params = {"nodes": ["gpu0"], "master_addr": "127.0.0.1", "extra_train_args": ["--use-wandb"]}
+    ti = SimpleNamespace(dag_id=DAG, run_id="manual__1", task_id="train",
+                         get_template_context=lambda: {"params": params},
+                         xcom_pull=lambda **kw: None)
+    import slimeflow.links as links
+
+    real = links._answers
+    monkeypatch.setattr(links, "_answers", lambda host, p: real(host, port))  # 8265 -> ours
+    try:
+        assert RayDashboardLink().get_link(None, ti_key=ti) == "http://127.0.0.1:8265/#/jobs"
+        params["ray_dashboard_host"] = "127.0.0.1"  # kept on the head: no link to a dead end
+        assert RayDashboardLink().get_link(None, ti_key=ti) == ""
+    finally:
+        srv.close()
+    params.pop("ray_dashboard_host")
+    assert RayDashboardLink().get_link(None, ti_key=ti) == ""  # nothing answers
+    op = SimpleNamespace(recipe="qwen3-4b")
+    assert WandbRunLink().get_link(op, ti_key=ti) == "https://wandb.ai"  # no entity known
+    monkeypatch.setenv("SLIMEFLOW_WANDB_ENTITY", "ml-team")
+    assert WandbRunLink().get_link(op, ti_key=ti) == "https://wandb.ai/ml-team/slime"

@@ -580,8 +580,8 @@ def test_teardown_never_stops_a_ray_this_run_did_not_start(monkeypatch, record):
     monkeypatch.setattr(op, "run_json", _teardown_json(record))
     assert op.work(cfg, {"dag": SimpleNamespace(dag_id="d"), "run_id": "r"}) == {}
     assert [a for a in ray_calls if a[0] == "ray"] == []
-    assert any("this run never started Ray on its nodes; leaving any Ray there alone" in x
-               for x in rec.lines)
+    assert any("nothing to stop: this run never started Ray on its nodes; leaving any Ray "
+               "there alone" in x for x in rec.lines)
 
 
 def test_operator_on_kill_stops_ray_everywhere_at_once(monkeypatch):
@@ -636,3 +636,20 @@ def test_trigger_on_kill_gives_ray_stop_its_time_on_all_nodes_at_once(monkeypatc
     assert seen[0][0] == "gpu0" and seen[0][1][-1] == "--no-wait"
     assert sorted(done) == ["gpu0", "gpu1", "gpu2"]
     assert {t for _, argv, t in seen if argv == ["ray", "stop"]} == {builders.RAY_STOP_TIMEOUT_S}
+
+
+def test_a_failed_ray_stop_says_why_in_the_teardown_error(monkeypatch):
+    cfg = _cfg(2)
+    op = TeardownOperator(task_id="teardown", recipe="qwen3-4b")
+    why = "runner: cannot chdir to /root/slime: No such file or directory"
+
+    def run_step(c, step, **kw):
+        if step.argv[:2] == ["ray", "stop"] and step.node == "gpu1":
+            return Result(step.node, 127, "", why, [why])
+        return Result(step.node, 0, "", "", [])
+    monkeypatch.setattr(op, "run_step", run_step)
+    monkeypatch.setattr(op, "run_json", _teardown_json({"ray_started": True, "attempts": []}))
+    with pytest.raises(RuntimeError) as e:
+        op.work(cfg, {"dag": SimpleNamespace(dag_id="d"), "run_id": "r"})
+    assert str(e.value) == (f"`ray stop` failed on node(s) gpu1 (gpu1: {why}); log in and run "
+                            f"`ray stop` there before the next run.")

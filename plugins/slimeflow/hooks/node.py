@@ -20,6 +20,9 @@ from dataclasses import dataclass
 
 from airflow.providers.ssh.hooks.ssh import SSHHook
 
+from slimeflow.utils.sshlogs import quiet_ssh_libraries
+
+quiet_ssh_libraries()
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 

@@ -235,6 +235,7 @@ class RayClusterHook:
 
     def __init__(self, cfg, runner, log):
         self.cfg, self.runner, self.log = cfg, runner, log
+        self.stop_errors = {}  # node: why its last `ray stop` failed
 
     def _step(self, step, **kw):
         return self.runner.run_step(self.cfg, step, **kw)
@@ -391,9 +392,15 @@ class RayClusterHook:
         seconds); {node: exit code}, -1 where the node could not be reached."""
         def stop(node):
             try:
-                return self._step(builders.ray_stop(self.cfg, node), check=False,
-                                  timeout=builders.RAY_STOP_TIMEOUT_S).rc
+                res = self._step(builders.ray_stop(self.cfg, node), check=False,
+                                 timeout=builders.RAY_STOP_TIMEOUT_S)
             except Exception as e:  # one unreachable node must not keep the others running
+                self.stop_errors[node] = str(e)
                 self.log.warning("[%s] ray stop failed: %s", node, e)
                 return -1
+            if res.rc != 0:
+                self.stop_errors[node] = " | ".join(res.tail[-3:]) or f"exit {res.rc}"
+                self.log.warning("[%s] ray stop exited %d: %s", node, res.rc,
+                                 self.stop_errors[node])
+            return res.rc
         return on_nodes(nodes, stop)

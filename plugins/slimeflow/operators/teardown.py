@@ -52,8 +52,8 @@ class TeardownOperator(SlimeOperator):
         if not started_by_run(record):
             # a run that failed before train started Ray (preflight refused a node where a
             # foreign Ray runs, say): whatever Ray runs on these nodes is not this run's
-            self.log.info("[%s] this run never started Ray on its nodes; leaving any Ray there "
-                          "alone", head)
+            self.log.info("[%s] nothing to stop: this run never started Ray on its nodes; "
+                          "leaving any Ray there alone", head)
         else:
             if head in ours:
                 for sub_id, final in self.attempt_ids(record, base_id):
@@ -73,8 +73,9 @@ class TeardownOperator(SlimeOperator):
                                f"over SSH, clear the teardown task (or clear train to reattach "
                                f"to a job that still runs).")
         if failed:
-            raise RuntimeError(f"`ray stop` failed on node(s) {', '.join(failed)}; log in and run "
-                               f"`ray stop` there before the next run.")
+            why = "; ".join(f"{n}: {ray.stop_errors.get(n, 'exit %s' % rcs[n])}" for n in failed)
+            raise RuntimeError(f"`ray stop` failed on node(s) {', '.join(failed)} ({why}); log in "
+                               f"and run `ray stop` there before the next run.")
         return rcs
 
     def run_record(self, cfg, base_id) -> dict:

@@ -109,6 +109,10 @@ class AsyncNode:
         if self.conn is None:
             from airflow.providers.ssh.hooks.ssh import SSHHookAsync
 
+            from slimeflow.utils.sshlogs import quiet_ssh_libraries
+
+            quiet_ssh_libraries()
+
             hook = SSHHookAsync(ssh_conn_id=self.conn_id, keepalive_interval=15)
             self.conn = await asyncio.wait_for(hook.get_conn(), timeout=30)
         return self.conn
