@@ -8,7 +8,7 @@ STATE ?= $(CURDIR)/.state
 AIRFLOW_HOME ?= $(CURDIR)/.airflow
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-unit test-integration up sim-up sim-down system-deps venv clean gpu-tests bench bench-all
+.PHONY: demo test test-unit test-integration up up-sim sim-up sim-down system-deps venv clean gpu-tests bench bench-all
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -51,6 +51,11 @@ up: venv
 	AIRFLOW__CORE__PARALLELISM=$${AIRFLOW__CORE__PARALLELISM:-4} \
 	PYTHONPATH=$(CURDIR)/plugins \
 	$(BIN)/python -m slimeflow.devserver
+
+# The UI of `make up` wired to a 2-node simulated cluster: connections and trigger-form defaults
+# set, the cluster goes down with it (tests/simcluster/upsim.py).
+up-sim: venv system-deps
+	$(BIN)/python -m tests.simcluster.upsim --state-dir $(STATE)/up-sim --nodes $${NODES:-2}
 
 sim-up: venv system-deps
 	$(BIN)/python -m tests.simcluster up --nodes $${NODES:-2} --gpu $${GPU:-H100} --gpus-per-node 8 --state-dir $(STATE)/sim

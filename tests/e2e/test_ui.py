@@ -1,4 +1,5 @@
-"""`airflow standalone` + the simulated cluster + REST API v2 + headless Chromium.
+"""`make up-sim` (airflow standalone wired to a 2-node simulated cluster) + REST API v2 +
+headless Chromium.
 
 One run of slime_qwen3_next_80b_a3b is triggered through the REST API with a conf, followed to
 success, and its XCom chain, asset event, extra links and deadline warning are read back; the grid
@@ -18,7 +19,6 @@ import pytest
 
 from tests.e2e.browser import Browser, chromium_path, render_stats
 from tests.e2e.loopback import WebhookSink, free_port
-from tests.simcluster.airflow_run import VENV_BIN, airflow, airflow_env, run_conf
 from tests.simcluster.cluster import SimCluster, procs_of
 
 pytestmark = pytest.mark.e2e
@@ -57,49 +57,58 @@ def _wait(fn, timeout, what, interval=0.5):
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
+    """`make up-sim` as the README gives it, from a shell without .venv/bin on PATH: a 2-node
+    simulated cluster and Airflow wired to it. The environment only tunes Airflow for a test
+    (a free port, no login, fast heartbeats, a loopback Slack, a tiny deadline)."""
     if not chromium_path():
         pytest.skip("chromium is not installed (make system-deps installs it)")
     tmp = tmp_path_factory.mktemp("e2e")
-    cluster = SimCluster.up(tmp / "cluster", nodes=1, gpu="H100", rollout_seconds=0.05)
     hook = WebhookSink().__enter__()
-    proc = None
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("MAKE", "MFLAGS", "AIRFLOW", "VIRTUAL_ENV", "SLIMEFLOW"))}
+    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "/usr/bin:/bin").split(os.pathsep)
+                                  if ".venv" not in p)
+    env.update({
+        "STATE": str(tmp / "state"),  # the Makefile's `STATE ?=`
+        "AIRFLOW__API__PORT": str(port), "AIRFLOW__API__BASE_URL": base,
+        "AIRFLOW__CORE__PARALLELISM": "2",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+        "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+        "AIRFLOW_CONN_SLIMEFLOW_SLACK": hook.conn_json(),
+        "SLIMEFLOW_RAY_DASHBOARD_URL": "http://{master_addr}:8265/#/jobs/{submission_id}",
+        # a tiny deadline (the recipe says 72 h): the run is overdue after 4 s
+        f"SLIMEFLOW_EXPECTED_HOURS_{DAG.upper()}": str(4 / 3600),
+    })
+    log = tmp / "up-sim.log"
+    proc = subprocess.Popen(["make", "up-sim"], cwd=ROOT, env=env, stdout=open(log, "wb"),
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            start_new_session=True)
+    cluster = None
     try:
-        port = free_port()
-        base = f"http://127.0.0.1:{port}"
-        env = airflow_env(cluster, tmp / "airflow")
-        env.update({
-            "PATH": f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",  # standalone runs `airflow`
-            "AIRFLOW__API__HOST": "127.0.0.1", "AIRFLOW__API__PORT": str(port),
-            "AIRFLOW__API__BASE_URL": base, "AIRFLOW__CORE__PARALLELISM": "2",
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
-            "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
-            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
-            "AIRFLOW_CONN_SLIMEFLOW_SLACK": hook.conn_json(),
-            "SLIMEFLOW_RAY_DASHBOARD_URL": "http://{master_addr}:8265/#/jobs/{submission_id}",
-            # a tiny deadline (the recipe says 72 h): the run is overdue after 4 s
-            f"SLIMEFLOW_EXPECTED_HOURS_{DAG.upper()}": str(4 / 3600),
-        })
-        airflow(env, "db", "migrate", capture_output=True, check=True)
-        log = open(tmp / "standalone.log", "w")
-        proc = subprocess.Popen([str(VENV_BIN / "airflow"), "standalone"], env=env, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)  # setsid
-        api = Api(base)
-        _wait(lambda: api.get("/api/v2/monitor/health")["metadatabase"]["status"] == "healthy",
-              90, "the API server")
-        yield {"api": api, "base": base, "cluster": cluster, "hook": hook, "tmp": tmp}
+        _wait(lambda: "slimeflow: Airflow is up at" in log.read_text(errors="replace")
+              or proc.poll() is not None, 300, "make up-sim to serve the UI")
+        assert proc.poll() is None, log.read_text(errors="replace")[-3000:]
+        text = log.read_text(errors="replace")
+        assert "up-sim: the trigger form's defaults point at these nodes" in text
+        cluster = SimCluster(tmp / "state" / "up-sim" / "cluster")
+        yield {"api": Api(base), "base": base, "cluster": cluster, "hook": hook, "tmp": tmp,
+               "log": log}
     finally:
-        if proc is not None:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)  # Ctrl-C in the user's terminal, in effect
             try:
-                os.killpg(proc.pid, signal.SIGTERM)  # kill -TERM -- -PGID
-                proc.wait(30)
+                proc.wait(60)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(10)
-            except ProcessLookupError:
-                pass
         hook.__exit__(None, None, None)
-        cluster.down()
-        assert procs_of(str(cluster.dir)) == []
+        if cluster is not None:
+            # the cluster goes down with make up-sim (its watchdog), without our help
+            _wait(lambda: procs_of(str(cluster.dir)) == [], 120,
+                  "the simulated cluster to go down with make up-sim")
 
 
 def test_trigger_run_read_xcoms_and_screenshots(stack):
@@ -108,8 +117,10 @@ def test_trigger_run_read_xcoms_and_screenshots(stack):
     assert dag["is_paused"] is False and "ml-platform" in dag["owners"]
     assert {t["name"] for t in dag["tags"]} >= {"slime", "rl"}
 
+    # the form's defaults (make up-sim) point at the cluster: only the length is chosen here
     run = api.call("POST", f"/api/v2/dags/{DAG}/dagRuns",
-                   {"logical_date": None, "conf": run_conf(cluster)})
+                   {"logical_date": None, "conf": {"num_rollout": 4, "save_interval": 2,
+                                                   "poll_interval": 2}})
     run_id = urllib.parse.quote(run["dag_run_id"], safe="")
     runs = f"/api/v2/dags/{DAG}/dagRuns/{run_id}"
     def task_states():
