@@ -8,7 +8,8 @@ earlier one there is taken down first), then runs `make up` with:
 - trigger-form defaults that point every DAG at the cluster (`SLIMEFLOW_DEFAULT_*`: nodes,
   base_folder, slime_dir, megatron_dir), preflight_nccl off (the nodes have no CUDA) and a
   short run (20 rollouts; the simulated trainer takes 0.5 s per rollout);
-- AIRFLOW_HOME under DIR, so it never touches the `make up` of real nodes.
+- AIRFLOW_HOME under DIR, so it never touches the `make up` of real nodes;
+- the DAGs unpaused.
 
 `make up` runs in this process (exec), and the cluster is tied to it: when it stops (Ctrl-C, or
 a dead component), the cluster's watchdog takes the nodes down.
@@ -56,6 +57,9 @@ def main(argv=None) -> int:
     env.update(cluster.env())
     env.update(form_defaults(cluster))
     env["AIRFLOW_HOME"] = str(state / "airflow")
+    # trying the DAGs is the point here (they have no schedule unless one is configured);
+    # `make up` for real nodes keeps Airflow's default, paused
+    env.setdefault("AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION", "False")
     for n in cluster.nodes:
         print(f"up-sim: connection {n['conn_id']}: root@{n['host']}:{n['port']}", flush=True)
     print(f"up-sim: the trigger form's defaults point at these nodes ({SIM_ROLLOUTS} rollouts, "
