@@ -179,6 +179,13 @@ CORPUS += [
     ("unreachable_timeout_minutes", -1, "negative"),
     ("lease_wait_minutes", True, "bool"),
     ("lease_stale_minutes", "15", "string"),
+    ("experiment", "../../etc", "traversal"),
+    ("experiment", "a/b", "slash"),
+    ("experiment", "x;rm -rf /", "semicolon"),
+    ("experiment", "-rf", "option"),
+    ("experiment", "a..b", "dots"),
+    ("start", "fresh --force", "option"),
+    ("start", True, "bool"),
 ]
 
 # The Param schema checks types, bounds, lengths and character sets; these need our own code.

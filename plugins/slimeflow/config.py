@@ -38,6 +38,7 @@ class PathsConfig:
     slime_dir: str
     megatron_dir: str
     local_name: str
+    experiment: str = ""
 
     @property
     def hf_checkpoint(self) -> str:
@@ -49,7 +50,9 @@ class PathsConfig:
 
     @property
     def save_dir(self) -> str:
-        return f"{self.base_folder}/{self.local_name}_slime"
+        """The seed's <model>_slime; an experiment gets its own <model>_slime_<experiment>."""
+        suffix = f"_{self.experiment}" if self.experiment else ""
+        return f"{self.base_folder}/{self.local_name}_slime{suffix}"
 
     def dataset_dir(self, local_name: str) -> str:
         return f"{self.base_folder}/{local_name}"
@@ -83,6 +86,7 @@ class TrainConfig:
     stall_timeout_s: float = 7200.0
     lease_wait_s: float = 600.0
     lease_stale_s: float = 900.0
+    start: str = "resume"  # or "fresh": refuse a save dir that holds an earlier run's checkpoint
 
 
 @dataclass(frozen=True)
@@ -173,7 +177,8 @@ class RunConfig:
                 megatron_dir=v.check_path("megatron_dir", p.get("megatron_dir",
                                                                 "/root/Megatron-LM")),
                 local_name=_local_name(recipe, v.check_hf_repo(
-                    "hf_repo", p.get("hf_repo") or recipe.hf_repo))),
+                    "hf_repo", p.get("hf_repo") or recipe.hf_repo)),
+                experiment=v.check_experiment("experiment", p.get("experiment"))),
             source=SourceConfig(
                 hf_repo=v.check_hf_repo("hf_repo", p.get("hf_repo") or recipe.hf_repo),
                 hf_revision=v.check_revision("hf_revision", p.get("hf_revision") or "main"),
@@ -199,7 +204,8 @@ class RunConfig:
                 lease_wait_s=60 * _minutes("lease_wait_minutes", p.get("lease_wait_minutes"),
                                            10, lo=0.0),
                 lease_stale_s=60 * _minutes("lease_stale_minutes", p.get("lease_stale_minutes"),
-                                            15)),
+                                            15),
+                start=v.check_start("start", p.get("start"))),
         )
 
 

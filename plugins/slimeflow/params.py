@@ -77,6 +77,16 @@ def param_specs(recipe: Recipe) -> dict:
         "num_rollout": (None, {"type": ["null", "integer"], "minimum": 1, "maximum": 10000000},
                         "Rollouts (total)", "Total rollouts (slime's --num-rollout is a total, not "
                         "an increment). Empty: the layout's default."),
+        "experiment": ("", {"type": "string", "maxLength": 64,
+                            "pattern": r"^(?!.*\.\.)(?:[A-Za-z0-9][A-Za-z0-9._-]{0,63})?" + _END},
+                       "Experiment", "Names the checkpoint folder: <base_folder>/<model>_slime_"
+                       "<experiment> (empty: <model>_slime, the seed's). Runs of one experiment "
+                       "continue each other's training; a new name starts in an empty folder."),
+        "start": ("resume", {"type": "string", "enum": ["resume", "fresh"]}, "Start",
+                  "resume: continue from the latest checkpoint in the experiment's folder, if "
+                  "any. fresh: train from rollout 0; refused before anything runs when the "
+                  "folder already holds an earlier run's checkpoint (choose a new experiment "
+                  "name: slimeflow never deletes checkpoints)."),
         "save_interval": (20, {"type": "integer", "minimum": 1, "maximum": 1000000},
                           "Save interval", "Save a checkpoint every this many rollouts."),
         "allow_blackwell_training": (False, {"type": "boolean"}, "Allow Blackwell training",

@@ -172,6 +172,28 @@ def check_auto_on_off(field: str, value):
     raise ParamError(f"Param `{field}` must be auto, on or off; got {_show(value)}.")
 
 
+EXPERIMENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}(?![\s\S])")
+
+
+def check_experiment(field: str, value) -> str:
+    """An experiment name: a suffix of the checkpoint folder's name, so no '/' and no '..'."""
+    if value is None or value == "":
+        return ""
+    if not isinstance(value, str) or not EXPERIMENT_RE.match(value) or ".." in value:
+        raise ParamError(f"Param `{field}` must be empty or a name of letters, digits, '.', '_' "
+                         f"and '-' (at most 64, starting with a letter or digit), such as "
+                         f"lr2e-6-try2; got {_show(value)}.")
+    return value
+
+
+def check_start(field: str, value) -> str:
+    if value in (None, "", "resume"):
+        return "resume"
+    if value == "fresh":
+        return value
+    raise ParamError(f"Param `{field}` must be resume or fresh; got {_show(value)}.")
+
+
 def check_extra_args(field: str, value) -> tuple:
     if not isinstance(value, (list, tuple)):
         raise ParamError(f"Param `{field}` must be a list of strings like "

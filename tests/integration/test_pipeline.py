@@ -80,6 +80,9 @@ def test_single_node_h100_end_to_end(finished):
     # Hopper: no patch
     assert st["patch_fla"] == "skipped" and st["skip_patch_fla"] == "success"
     assert st["teardown"] == "success"
+    # check_cluster says how the run starts
+    assert (f"START: resume, experiment (default): {base}/Qwen3-Next-80B-A3B-Thinking_slime "
+            f"holds no checkpoint; training starts at rollout 0") in r["log"]
     # the 1x8 layout ran: 6 actor GPUs + 2 rollout GPUs, the seed's runtime env on the head
     assert "--actor-num-gpus-per-node 6" in r["log"]
     # progress came from the lines real Ray wrote: slime's actor lines, behind Ray's prefix
@@ -134,6 +137,21 @@ def test_rerun_of_a_finished_run_moves_no_bytes_and_trains_nothing(finished, tmp
     assert (td / ".slimeflow-manifest.json").stat().st_mtime_ns == stamp
     assert "nothing left to train, so no job is submitted" in r["log"]
     assert r["xcom"]["train"]["return_value"]["iteration"] == 3
+
+
+def test_a_fresh_start_on_an_earlier_runs_checkpoint_is_refused_before_any_download(
+        finished, tmp_path):
+    cluster, env, _ = finished
+    hub_reset(cluster)
+    r = run(cluster, env, tmp_path, "fresh", start="fresh", num_rollout=8)
+    assert r["rc"] != 0 and r["states"]["check_cluster"] == "failed", r["states"]
+    assert r["states"]["download_model"] == "upstream_failed"
+    save = f"{cluster.base_folder}/Qwen3-Next-80B-A3B-Thinking_slime"
+    assert (f"start is fresh but {save} already holds rollout 3 from an earlier run; choose a "
+            f"new experiment name") in r["log"]
+    stats = hub_stats(cluster)  # preflight's size queries only: no file was fetched
+    assert sum(f.get("get", 0) for repo in stats["repos"].values()
+               for f in repo["files"].values()) == 0, stats
 
 
 def test_corrupted_shard_is_the_only_file_fetched_again(finished, tmp_path):

@@ -145,3 +145,53 @@ def test_the_runs_own_ray_is_left_for_train_to_reuse_or_restart():
     p = healthy_probe()
     p["ports"]["6379"] = True
     assert "port(s) 6379" in problems(c, {"gpu0": p, "gpu1": healthy_probe()})
+
+
+def _check_op(monkeypatch, iteration, record):
+    from slimeflow.operators.preflight import CheckClusterOperator
+
+    op = CheckClusterOperator(task_id="check_cluster", recipe="qwen3-next-80b-a3b")
+    monkeypatch.setattr(op, "run_json", lambda c, step, **kw: {"iteration": iteration})
+    return op, record
+
+
+@pytest.mark.parametrize("experiment,save", [("", "/root/Qwen3-Next-80B-A3B-Thinking_slime"),
+                                             ("lr2e-6", "/root/Qwen3-Next-80B-A3B-Thinking_slime_lr2e-6")])
+def test_an_experiment_names_its_own_checkpoint_folder(experiment, save):
+    c = RunConfig.from_params("qwen3-next-80b-a3b", {"nodes": ["g"], "experiment": experiment},
+                              hosts=["10.0.0.1"])
+    assert c.paths.save_dir == save
+
+
+@pytest.mark.parametrize("bad", ["../x", "a/b", "-x", "a b", "x" * 65, "a..b"])
+def test_a_bad_experiment_name_is_refused_naming_the_param(bad):
+    from slimeflow.validation import ParamError
+
+    with pytest.raises(ParamError, match=r"^Param `experiment` must be empty or a name"):
+        RunConfig.from_params("qwen3-next-80b-a3b", {"nodes": ["g"], "experiment": bad},
+                              hosts=["10.0.0.1"])
+
+
+def test_fresh_refuses_an_earlier_runs_checkpoint_and_resume_says_where_it_continues(
+        monkeypatch):
+    fresh = RunConfig.from_params("qwen3-next-80b-a3b", {"nodes": ["g"], "start": "fresh",
+                                                         "experiment": "e1"},
+                                  hosts=["10.0.0.1"])
+    op, record = _check_op(monkeypatch, 179, {})
+    with pytest.raises(RuntimeError) as e:
+        op.start_point(fresh, record)
+    assert str(e.value) == (
+        "start is fresh but /root/Qwen3-Next-80B-A3B-Thinking_slime_e1 already holds rollout 179 "
+        "from an earlier run; choose a new experiment name (its checkpoint folder starts empty), "
+        "or set start to resume to continue at rollout 180: slimeflow never deletes "
+        "checkpoints.")
+    # this run's own checkpoint (a retry after a failure): a fresh start goes on from it
+    op, _ = _check_op(monkeypatch, 179, None)
+    got = op.start_point(fresh, {"attempts": [{"id": "x"}]})
+    assert got == {"mode": "fresh", "experiment": "e1", "from_rollout": 180,
+                   "save_dir": "/root/Qwen3-Next-80B-A3B-Thinking_slime_e1"}
+    op, _ = _check_op(monkeypatch, None, None)
+    assert op.start_point(fresh, {})["from_rollout"] == 0
+    resume = RunConfig.from_params("qwen3-next-80b-a3b", {"nodes": ["g"]}, hosts=["10.0.0.1"])
+    op, _ = _check_op(monkeypatch, 19, None)
+    assert op.start_point(resume, {})["from_rollout"] == 20

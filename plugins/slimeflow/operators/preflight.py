@@ -94,29 +94,61 @@ class CheckClusterOperator(SlimeOperator):
                                f"preflight for them and retry.")
         shared = self.storage_shared(cfg)
         present = self.present_bytes(cfg)
-        facts = judge(cfg, probes, shared, present, ray_is_ours=self.ray_is_ours(cfg, probes,
-                                                                                 context))
+        record = self.run_record(cfg, context)
+        facts = judge(cfg, probes, shared, present, ray_is_ours=self.ray_is_ours(probes, record))
+        facts["start"] = self.start_point(cfg, record)
         self.log.info("cluster OK: %s", facts)
         return facts
 
-    def ray_is_ours(self, cfg, probes, context) -> bool:
-        """Only asked when Ray runs on a node: did this run start it (a cleared run whose
-        teardown could not stop it)? The run record on the head says so."""
+    def run_record(self, cfg, context) -> dict:
+        """This run's record on the head ({} before its first train attempt)."""
         import json
 
-        from slimeflow.hooks.ray import started_by_run
         from slimeflow.operators.train import record_path
 
-        if not any((p.get("ray_local") or {}).get("running") for p in probes.values()):
-            return False
         base_id = builders.submission_id(context["dag"].dag_id, context["run_id"])
         res = self.run_json(cfg, builders.node_script(cfg, cfg.cluster.head, "fsops.py",
                                                       "read-text", "--path",
                                                       record_path(cfg, base_id)))
         try:
-            return started_by_run(json.loads(res["text"])) if res.get("exists") else False
+            return json.loads(res["text"]) if res.get("exists") else {}
         except ValueError:
+            return {}
+
+    @staticmethod
+    def ray_is_ours(probes, record) -> bool:
+        """Only asked when Ray runs on a node: did this run start it (a cleared run whose
+        teardown could not stop it)? The run record says so."""
+        from slimeflow.hooks.ray import started_by_run
+
+        if not any((p.get("ray_local") or {}).get("running") for p in probes.values()):
             return False
+        return started_by_run(record)
+
+    def start_point(self, cfg, record) -> dict:
+        """Fresh or resumed, and from which rollout: said in the log now, refused now when a
+        fresh start would train on top of an earlier run's checkpoint."""
+        save = cfg.paths.save_dir
+        latest = self.run_json(cfg, builders.node_script(cfg, cfg.cluster.head, "fsops.py",
+                                                         "latest-checkpoint", "--dir", save))
+        it = latest.get("iteration")
+        ours = bool(record.get("attempts"))  # this run trained there already (a retry/clear)
+        exp = cfg.paths.experiment or "(default)"
+        if cfg.train.start == "fresh" and it is not None and not ours:
+            raise RuntimeError(
+                f"start is fresh but {save} already holds rollout {it} from an earlier run; "
+                f"choose a new experiment name (its checkpoint folder starts empty), or set "
+                f"start to resume to continue at rollout {it + 1}: slimeflow never deletes "
+                f"checkpoints.")
+        if it is None:
+            self.log.info("START: %s, experiment %s: %s holds no checkpoint; training starts "
+                          "at rollout 0", cfg.train.start, exp, save)
+        else:
+            self.log.info("START: %s, experiment %s: %s holds rollout %d%s; training continues "
+                          "at rollout %d", cfg.train.start, exp, save, it,
+                          " (saved by this run)" if ours else "", it + 1)
+        return {"mode": cfg.train.start, "experiment": cfg.paths.experiment,
+                "save_dir": save, "from_rollout": 0 if it is None else it + 1}
 
     def storage_shared(self, cfg):
         """True, or the list of nodes that cannot see a marker the head writes."""

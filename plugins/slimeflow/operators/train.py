@@ -93,6 +93,9 @@ class TrainOperator(SlimeOperator):
             self.log.warning("[%s] resuming: --load %s/ holds rollout %d; slime continues at %d "
                              "and stops at the total --num-rollout %d", head, cfg.paths.save_dir,
                              it, it + 1, cfg.train.num_rollout)
+        else:
+            self.log.info("[%s] starting fresh: %s holds no checkpoint; slime trains rollouts 0 "
+                          "to %d", head, cfg.paths.save_dir, cfg.train.num_rollout - 1)
         try:  # a Ray version we cannot quote the entrypoint for: refuse before starting Ray
             builders.entry_quoting(facts, head)
         except ValueError as e:
