@@ -94,6 +94,39 @@ def cmd_read_text(a):
         return {"exists": False, "text": None}
 
 
+def _json_file(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def cmd_read_run(a):
+    """What the training view shows of one run, in one exec: its run record, progress.json, the
+    last --points history points of each attempt, and the latest checkpoint of --save-dir."""
+    d = a.dir.rstrip("/")
+    out = {"record": _json_file(os.path.join(d, "attempts.json")),
+           "progress": _json_file(os.path.join(d, "progress.json")), "history": {}}
+    for attempt in (out["record"] or {}).get("attempts", []):
+        path = os.path.join(d, "history-%s.jsonl" % attempt.get("id"))
+        try:
+            with open(path) as f:
+                lines = f.readlines()[-a.points:]
+        except OSError:
+            continue
+        pts = []
+        for line in lines:
+            try:
+                pts.append(json.loads(line))
+            except ValueError:  # a line cut by a full disk: skip it
+                continue
+        out["history"][attempt.get("id")] = pts
+    if a.save_dir:
+        out["checkpoint"] = cmd_latest_checkpoint(argparse.Namespace(dir=a.save_dir))
+    return out
+
+
 def cmd_latest_checkpoint(a):
     """Megatron/slime layout: <save>/latest_checkpointed_iteration.txt + iter_%07d/."""
     d = a.dir.rstrip("/")
@@ -162,6 +195,8 @@ def main(argv=None):
     s = sub.add_parser("read-text"); s.add_argument("--path")
     s.add_argument("--max-bytes", type=int, default=1 << 20)
     s = sub.add_parser("latest-checkpoint"); s.add_argument("--dir")
+    s = sub.add_parser("read-run"); s.add_argument("--dir"); s.add_argument("--save-dir")
+    s.add_argument("--points", type=int, default=5000)
     s = sub.add_parser("job-log"); s.add_argument("--path"); s.add_argument("--ray-job")
     s.add_argument("--offset", type=int, default=0)
     s.add_argument("--max-bytes", type=int, default=4 << 20)

@@ -9,6 +9,8 @@ the log lines of the previous poll), (2) asks the dashboard's Jobs REST API for 
 (raystate.read_job: one urllib GET, no Ray import), (3) reads the job driver log from
 byte offset N (N = -1: from the offset saved in PATH when PATH is about the same job, else 0), (4)
 reads latest_checkpointed_iteration.txt in the save dir, (5) refreshes this run's node leases.
+The progress JSON's "points" (rollouts and evals since the last write) are not kept in it: they
+are appended to history-<ID>.jsonl beside it, the attempt's curve.
 Prints one JSON object:
 
     {"status": "PENDING|RUNNING|SUCCEEDED|FAILED|STOPPED|MISSING|DASHBOARD_DOWN|NO_CLUSTER|UNKNOWN",
@@ -77,6 +79,12 @@ def tail_lines(job, n):
     return data.decode("utf-8", "replace").splitlines()[-n:]
 
 
+def history_path(progress, attempt):
+    """<run dir>/history-<attempt>.jsonl, beside progress.json."""
+    return os.path.join(os.path.dirname(os.path.abspath(progress)),
+                        "history-%s.jsonl" % attempt)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--ray-job", required=True)
@@ -131,6 +139,13 @@ def main(argv=None):
         prog = dict(saved)
     if prog is None:
         prog = {"attempt": a.ray_job}
+    points = prog.pop("points", None) or []
+    if points and prog.get("attempt") == a.ray_job:
+        try:  # the attempt's history: one JSON line per rollout or eval (the training view)
+            with open(history_path(a.progress, a.ray_job), "a") as f:
+                f.write("".join(json.dumps(p) + "\n" for p in points))
+        except OSError as e:
+            out["progress_error"] = str(e)
     if prog.get("attempt") == a.ray_job:
         prog.update(log_offset=out["offset"], status=status, updated_at=time.time())
         try:

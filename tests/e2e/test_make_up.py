@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -73,6 +74,10 @@ def components(home: Path) -> dict:
 
 
 def api_get(path: str, password: str):
+    return json.loads(api_get_text(path, password))
+
+
+def api_get_text(path: str, password: str) -> str:
     tok = urllib.request.Request(URL + "/auth/token", method="POST",
                                  data=json.dumps({"username": "admin",
                                                   "password": password}).encode(),
@@ -81,7 +86,7 @@ def api_get(path: str, password: str):
         token = json.load(r)["access_token"]
     req = urllib.request.Request(URL + path, headers={"Authorization": f"Bearer {token}"})
     with urllib.request.urlopen(req, timeout=30) as r:
-        return json.load(r)
+        return r.read().decode()
 
 
 def test_make_up_from_a_fresh_shell_serves_the_dags_and_fails_loudly(tmp_path):
@@ -101,6 +106,14 @@ def test_make_up_from_a_fresh_shell_serves_the_dags_and_fails_loudly(tmp_path):
                 break
             time.sleep(0.5)
         assert want <= dags
+        # the training view answers with Airflow's own auth: not without a token
+        try:
+            urllib.request.urlopen(URL + "/slimeflow/training", timeout=30)
+            raise AssertionError("the training view answered without a login")
+        except urllib.error.HTTPError as e:
+            assert e.code in (401, 403), e.code
+        page = api_get_text("/slimeflow/training", password)
+        assert "slimeflow training" in page and "No runs of slimeflow DAGs yet." in page
         # a component that dies: the target stops, says which and shows its last lines
         victim = components(home)["triggerer"]
         os.kill(victim, signal.SIGKILL)

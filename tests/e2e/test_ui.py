@@ -79,6 +79,7 @@ def stack(tmp_path_factory):
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
         "AIRFLOW_CONN_SLIMEFLOW_SLACK": hook.conn_json(),
         "SLIMEFLOW_RAY_DASHBOARD_URL": "http://{master_addr}:8265/#/jobs/{submission_id}",
+        "SLIMEFLOW_NOTE_INTERVAL_S": "2",  # run notes refresh every 2 s (default 20)
         # a tiny deadline (the recipe says 72 h): the run is overdue after 4 s
         f"SLIMEFLOW_EXPECTED_HOURS_{DAG.upper()}": str(4 / 3600),
     })
@@ -161,15 +162,61 @@ def test_trigger_run_read_xcoms_and_screenshots(stack):
                   60, "the deadline warning")
     assert f"*Run*: {run['dag_run_id']}" in posts[0]["json"]["text"]
 
-    # screenshots: the grid view after the run, and the trigger form
+    # the run tells its own story: its note, written by the api-server from the head
+    note = _wait(lambda: (n := api.get(runs).get("note") or "").startswith("slimeflow: done")
+                 and n, 60, "the run's note")
+    assert note.startswith("slimeflow: done: rollout 4/4, checkpoint rollout 3 at ")
+    view = [v for v in api.get("/slimeflow/training.json") if v["run_id"] == run["dag_run_id"]]
+    assert view and sorted(p["rollout"] for pts in view[0]["points"].values() for p in pts
+                           if p["kind"] == "rollout") == [0, 1, 2, 3]
+
+    # a second, long run: its curve grows while it trains; an actor dies; the note says why
+    long = api.call("POST", f"/api/v2/dags/{DAG}/dagRuns",
+                    {"logical_date": None, "conf": {"num_rollout": 5000, "save_interval": 2,
+                                                    "poll_interval": 2}})
+    long_runs = f"/api/v2/dags/{DAG}/dagRuns/{urllib.parse.quote(long['dag_run_id'], safe='')}"
+
+    def points():
+        got = [v for v in api.get("/slimeflow/training.json")
+               if v["run_id"] == long["dag_run_id"]]
+        return sum(len(p) for p in (got[0].get("points") or {}).values()) if got else 0
+    first = _wait(lambda: points() >= 2 and points(), 180, "the long run's first points",
+                  interval=2)
+    _wait(lambda: points() > first, 60, "the curve to grow", interval=2)
     b = Browser()
     try:
+        b.goto(f"{base}/slimeflow/training")
+        b.wait_text("slimeflow training", long["dag_run_id"])
+        shots = {"training_view": b.screenshot(ARTIFACTS / "training_view.png")}
+    finally:
+        b.close()
+    note = _wait(lambda: (n := api.get(long_runs).get("note") or "").startswith(
+        "slimeflow: rollout") and n, 60, "the training note")
+    assert "attempt slimeflow-" in note and "head sim_node_0" in note
+    killed = cluster.fault("kill-actor")
+    assert _wait(lambda: api.get(long_runs)["state"] in ("success", "failed") and
+                 api.get(long_runs)["state"], 120, "the long run to fail", interval=2) == "failed"
+    note = _wait(lambda: (n := api.get(long_runs).get("note") or "").startswith(
+        "slimeflow: FAILED") and n, 60, "the failure note")
+    assert note.startswith(f"slimeflow: FAILED in train: Ray actor died on node "
+                           f"sim_node_{killed['node']}; fix: "), note
+
+    # screenshots: the grid, the run page with its note, the cluster page, the trigger form
+    b = Browser()
+    try:
+        b.goto(f"{base}/dags/{DAG}/runs/{long['dag_run_id']}")
+        b.wait_text("slimeflow: FAILED in train")
+        time.sleep(1.0)
+        shots["run_note"] = b.screenshot(ARTIFACTS / "run_note.png")
+        b.goto(f"{base}/slimeflow/cluster")
+        b.wait_text("slimeflow cluster", "sim_node_1")
+        shots["cluster"] = b.screenshot(ARTIFACTS / "cluster.png")
         b.goto(f"{base}/dags/{DAG}")
         b.wait_text("train", "teardown")
         time.sleep(1.0)
-        shots = {"grid": b.screenshot(ARTIFACTS / "grid.png")}
+        shots["grid"] = b.screenshot(ARTIFACTS / "grid.png")
         assert b.click_button("Trigger"), "no Trigger button on the DAG page"
-        b.wait_text("Nodes", "Base folder")
+        b.wait_text("Nodes", "Base folder", "Experiment")
         time.sleep(1.0)
         shots["trigger_form"] = b.screenshot(ARTIFACTS / "trigger_form.png")
     finally:
@@ -177,4 +224,5 @@ def test_trigger_run_read_xcoms_and_screenshots(stack):
     for name, png in shots.items():
         st = render_stats(png)
         assert st["width"] == 1400 and st["height"] == 900, (name, st)
-        assert st["bytes"] > 20_000 and st["colours"] > 20 and st["busy_rows"] > 0.2, (name, st)
+        busy = 0.05 if name == "cluster" else 0.2  # two table rows on a white page
+        assert st["bytes"] > 20_000 and st["colours"] > 20 and st["busy_rows"] > busy, (name, st)

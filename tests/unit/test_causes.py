@@ -294,8 +294,12 @@ def test_an_actor_named_only_by_its_id_is_located_through_rays_state_api(monkeyp
     ev, argvs = _run(monkeypatch, [{"status": "FAILED", "lines": UNAVAILABLE, "offset": 5},
                                    where("ALIVE")])
     p = ev.payload
-    assert argvs[-1][1:5] == ["/n/raystate.py", "actor", "--id",
-                              "88567a4489ab2ebe7812b4cf02000000"]
+    asked = [a for a in argvs if a[1:2] == ["/n/raystate.py"]]
+    assert asked and asked[0][1:5] == ["/n/raystate.py", "actor", "--id",
+                                       "88567a4489ab2ebe7812b4cf02000000"]
+    # the final progress write carries the cause, for the run note
+    final = json.loads(argvs[-1][argvs[-1].index("--write-progress") + 1])
+    assert final["cause"]["cause"] == "Ray actor died" and final["cause"]["ip"] == "10.231.0.12"
     assert p["cause"] == "Ray actor died"
     assert "first seen on node gpu1 in MegatronTrainRayActor (pid 437)" in p["message"]
     assert "owner has died" not in p["message"]  # asked after the driver ended: noise

@@ -310,6 +310,7 @@ class TrainJobTrigger(BaseTrigger):
         down_since_msg = None
         backoff = 1.0
         to_write = None
+        points, sent = [], 0  # history points not yet on the head; how many to_write has
         restored = False
         ray_warned = None  # the not-clear state (DASHBOARD_DOWN, UNKNOWN) warned about
         while True:
@@ -318,6 +319,9 @@ class TrainJobTrigger(BaseTrigger):
                 argv += ["--write-progress", json.dumps(to_write)]
             try:
                 res = await node.run_json(argv, timeout=120)
+                if to_write is not None:  # written with this poll
+                    del points[:sent]
+                    sent = 0
             except RemoteError as e:
                 now = time.monotonic()
                 if down_since_msg is None:
@@ -373,6 +377,12 @@ class TrainJobTrigger(BaseTrigger):
                 parsed = logparse.parse_line(text)
                 if parsed and parsed[0] == "step":
                     st["loss"] = logparse.loss_of(parsed[2])
+                elif parsed and parsed[0] == "eval":
+                    # the training view's eval points (history on the head, via jobwatch)
+                    evals = {k: json_safe(v) for k, v in parsed[2].items()
+                             if isinstance(v, (int, float)) and not isinstance(v, bool)}
+                    st.setdefault("new_points", []).append(
+                        {"kind": "eval", "rollout": parsed[1], "metrics": evals})
                 elif parsed and parsed[0] == "rollout":
                     rid, metrics = parsed[1], parsed[2]
                     t = line_time(text) or now_wall
@@ -383,6 +393,9 @@ class TrainJobTrigger(BaseTrigger):
                         eta = (t - first[1]) / (rid - first[0]) * (self.total - rid - 1)
                     st.update(done=rid + 1, reward=logparse.reward_of(metrics), eta=eta,
                               last_progress_at=now_wall, seen=st.get("seen", 0) + 1)
+                    st.setdefault("new_points", []).append(
+                        {"kind": "rollout", "rollout": rid, "t": t,
+                         "reward": json_safe(st["reward"]), "loss": json_safe(st.get("loss"))})
                     self.log.info("progress: %s", logparse.progress_line(
                         rid, self.total, st["reward"], st.get("loss"), eta))
             offset = res.get("offset", max(offset, 0))
@@ -392,6 +405,10 @@ class TrainJobTrigger(BaseTrigger):
             self._done = st.get("done")
             await self._check_deadline(status)
             to_write = self._progress(st, offset, status)
+            # the points not yet written ride along; jobwatch appends them to the attempt's
+            # history beside progress.json (the training view's curves)
+            points += st.pop("new_points", [])
+            to_write["points"], sent = list(points), len(points)
             if res.get("more"):
                 continue  # more log than one read: drain it before judging
             common = {"iteration": res.get("iteration"), "rollouts_seen": st.get("seen", 0),
@@ -400,6 +417,14 @@ class TrainJobTrigger(BaseTrigger):
                 for line in map(logparse.strip_ansi, res.get("tail") or []):
                     if not tail or line not in tail:
                         tail.append(line)
+                c = None
+                if status not in ("SUCCEEDED", "STOPPED"):
+                    c = logparse.failure_cause(list(tail), st.get("cause"))
+                    if c["cause"] in ("Ray actor died", "node lost") and not c.get("ip"):
+                        c = await self._locate_actor(node, c, tail)
+                    # the final cause, weak ones too, for the run note and the training view
+                    to_write["cause"] = {k: c.get(k) for k in ("cause", "fix", "line", "actor",
+                                                                "pid", "ip")}
                 await self._write_final(node, to_write)
                 if status == "SUCCEEDED":
                     yield self._event("SUCCEEDED", None, None, tail, **common)
@@ -409,9 +434,6 @@ class TrainJobTrigger(BaseTrigger):
                                       "stop); clear the task to resume from the latest "
                                       "checkpoint", tail, f"{note}; ", resume=note, **common)
                 else:
-                    c = logparse.failure_cause(list(tail), st.get("cause"))
-                    if c["cause"] in ("Ray actor died", "node lost") and not c.get("ip"):
-                        c = await self._locate_actor(node, c, tail)
                     detail = ""
                     if c.get("line"):
                         detail = f"first seen {self._where(c)}: {c['line'][:300]}; "

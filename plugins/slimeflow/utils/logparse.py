@@ -27,6 +27,8 @@ _DEDUP = re.compile(r"\s*\[repeated \d+x across cluster\](?: \(Ray deduplicates 
 _PREFIX = r"^(?:\[(?P<ts>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)\] \S+:\d+ - )?"
 _ROLLOUT = re.compile(_PREFIX + r"rollout (?P<id>\d+): (?P<d>\{.*\})\s*$")
 _STEP = re.compile(_PREFIX + r"step (?P<id>\d+): (?P<d>\{.*\})\s*$")
+# slime's RolloutManager after an evaluation: "eval 179: {'eval/aime': 0.4671, ...}"
+_EVAL = re.compile(_PREFIX + r"eval (?P<id>\d+): (?P<d>\{.*\})\s*$")
 
 # Host RAM vs GPU memory: two different failures with different fixes.
 # - Ray's memory monitor (raylet) kills workers when the NODE runs low on RAM; the caller gets
@@ -150,10 +152,10 @@ def _dict(text):
 
 
 def parse_line(line: str):
-    """('rollout'|'step', id, metrics) for progress lines, else None. Takes the line as Ray
-    wrote it (prefix, colours, dedup suffix) or already clean."""
+    """('rollout'|'step'|'eval', id, metrics) for progress lines, else None. Takes the line as
+    Ray wrote it (prefix, colours, dedup suffix) or already clean."""
     line = clean_line(line)
-    for kind, rx in (("rollout", _ROLLOUT), ("step", _STEP)):
+    for kind, rx in (("rollout", _ROLLOUT), ("step", _STEP), ("eval", _EVAL)):
         m = rx.match(line)
         if m:
             return kind, int(m.group("id")), _dict(m.group("d"))
