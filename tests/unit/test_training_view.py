@@ -60,9 +60,10 @@ def _view(state, **prog):
 
 def test_the_note_tells_progress_then_the_cause_or_the_checkpoint():
     note = runs.note_for(_view("running", rollout=12, total=300, reward=0.41, eta_s=18720,
-                               attempt="slimeflow-x-a2"))
+                               attempt="slimeflow-x-a2", start_iteration=9))
     assert note == ("slimeflow: rollout 12/300 (4.0%), reward 0.41, ETA 5h12m, attempt "
-                    "slimeflow-x-a2, head gpu0")
+                    "slimeflow-x-a2 (resumed at rollout 10), head gpu0")
+    assert "(fresh from rollout 0)" in runs.note_for(_view("running", rollout=1, total=300))
     failed = runs.note_for(_view("failed", rollout=40, total=300, status="FAILED",
                                  cause={"cause": "Ray actor died", "ip": "10.0.0.2",
                                         "fix": "look at the dead actor's log"}))

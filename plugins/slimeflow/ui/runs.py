@@ -136,8 +136,11 @@ def note_for(view: dict) -> str | None:
     pct = 100.0 * done / total if total else 0.0
     reward = prog.get("reward")
     r = f"{reward:.3g}" if isinstance(reward, (int, float)) else "?"
+    si = prog.get("start_iteration")  # the checkpoint this attempt resumed from, if any
+    began = "fresh from rollout 0" if si is None else f"resumed at rollout {si + 1}"
     text = (f"{NOTE_PREFIX}rollout {done}/{total} ({pct:.1f}%), reward {r}, ETA "
-            f"{format_eta(prog.get('eta_s'))}, attempt {prog.get('attempt')}, head {head}")
+            f"{format_eta(prog.get('eta_s'))}, attempt {prog.get('attempt')} ({began}), "
+            f"head {head}")
     if state == "success":
         ck = view.get("checkpoint") or {}
         text = (f"{NOTE_PREFIX}done: rollout {done}/{total}, checkpoint rollout "
