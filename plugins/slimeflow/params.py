@@ -77,7 +77,8 @@ def param_specs(recipe: Recipe) -> dict:
         "num_rollout": (None, {"type": ["null", "integer"], "minimum": 1, "maximum": 10000000},
                         "Rollouts (total)", "Total rollouts (slime's --num-rollout is a total, not "
                         "an increment). Empty: the layout's default."),
-        "experiment": ("", {"type": "string", "maxLength": 64,
+        # nullable: the form marks an empty non-null string as a missing required value
+        "experiment": (None, {"type": ["null", "string"], "maxLength": 64,
                             "pattern": r"^(?!.*\.\.)(?:[A-Za-z0-9][A-Za-z0-9._-]{0,63})?" + _END},
                        "Experiment", "Names the checkpoint folder: <base_folder>/<model>_slime_"
                        "<experiment> (empty: <model>_slime, the seed's). Runs of one experiment "

@@ -43,3 +43,21 @@ def test_dag_files_only_call_the_factory():
                 if l.strip() and not l.startswith(("#", '"""'))]
         assert code[0].startswith("from slimeflow.factory import build_dag"), path
         assert len(code) == 2 and code[1].startswith("dag = build_dag("), path
+
+
+def test_no_form_field_starts_out_invalid():
+    """Airflow's trigger form marks a string field whose value is empty as a missing required
+    value (a red mark on Run Parameters) unless its schema allows null; every default must
+    also pass its own schema."""
+    from airflow.sdk import Param
+
+    from slimeflow.params import param_specs
+    from slimeflow.recipes import load_recipe, recipe_names
+
+    for name in recipe_names():
+        for field, (default, schema, _, _) in param_specs(load_recipe(name)).items():
+            Param(default, **schema).resolve()  # raises if the default breaks its schema
+            types = schema.get("type")
+            types = types if isinstance(types, list) else [types]
+            if default in ("", None):
+                assert "null" in types, f"{name}: {field} starts empty but is not nullable"
