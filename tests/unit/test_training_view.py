@@ -83,3 +83,16 @@ def test_the_page_shows_progress_attempts_and_checkpoint():
     assert "rollout 12/300 (4.0%)" in page and "<polyline" in page
     assert "<code>a</code>" in page and "iter_0000299" in page
     assert "<script" not in page  # no JavaScript: the page refreshes itself
+
+
+def test_an_ended_run_is_read_from_its_head_once_not_every_round(monkeypatch):
+    rows = [("slime_qwen3_4b", "r1", "failed", {}, "slimeflow: FAILED in train: x"),
+            ("slime_qwen3_4b", "r2", "failed", {}, None)]
+    reads = []
+    monkeypatch.setattr(runs, "recent_runs", lambda limit=10: rows)
+    monkeypatch.setattr(runs, "_SETTLED", set())
+    monkeypatch.setattr(runs, "cached_view", lambda d, r, s, c: reads.append(r) or
+                        {"state": s, "progress": {}})  # nothing to say: no DB write
+    runs.update_notes()
+    runs.update_notes()
+    assert reads == ["r2"]  # r1's note is final; r2 was read once

@@ -12,6 +12,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 NOTE_PREFIX = "slimeflow: "
+FINAL = (NOTE_PREFIX + "done", NOTE_PREFIX + "FAILED")  # notes of ended runs
+_SETTLED: set = set()  # (dag_id, run_id, state) of ended runs already read once
 _CACHE: dict = {}
 _LOCK = threading.Lock()
 CACHE_S = 10.0
@@ -162,6 +164,11 @@ def update_notes() -> int:
     for dag_id, run_id, state, conf, note in recent_runs(limit=10):
         if note and not note.startswith(NOTE_PREFIX):
             continue
+        if state != "running" and (note and note.startswith(FINAL) or
+                                   (dag_id, run_id, state) in _SETTLED):
+            continue  # an ended run is read once: no SSH to its head every round, forever
+        if state != "running":
+            _SETTLED.add((dag_id, run_id, state))
         text = note_for(cached_view(dag_id, run_id, state, conf))
         if not text or text == note:
             continue
