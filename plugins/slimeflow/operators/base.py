@@ -80,6 +80,24 @@ class SlimeOperator(BaseOperator):
         kwargs.setdefault("log", None)
         return self.run_step(cfg, step, **kwargs).last_json()
 
+    def read_record(self, cfg, base_id) -> dict:
+        """This run's record on the head (<state_dir>/runs/<id>/attempts.json); an empty one
+        before train's first attempt or when the file is unreadable."""
+        import json
+
+        from slimeflow import builders
+        from slimeflow.operators.train import record_path
+
+        res = self.run_json(cfg, builders.node_script(cfg, cfg.cluster.head, "fsops.py",
+                                                      "read-text", "--path",
+                                                      record_path(cfg, base_id)))
+        try:
+            if res.get("exists"):
+                return json.loads(res["text"])
+        except ValueError:
+            pass
+        return {"submission_id": base_id, "attempts": []}
+
     @staticmethod
     def on_nodes(nodes, fn) -> dict:
         """fn(node) on every node at once; results by node, first failure re-raised."""

@@ -94,26 +94,12 @@ class CheckClusterOperator(SlimeOperator):
                                f"preflight for them and retry.")
         shared = self.storage_shared(cfg)
         present = self.present_bytes(cfg)
-        record = self.run_record(cfg, context)
+        record = self.read_record(cfg, builders.submission_id(context["dag"].dag_id,
+                                                             context["run_id"]))
         facts = judge(cfg, probes, shared, present, ray_is_ours=self.ray_is_ours(probes, record))
         facts["start"] = self.start_point(cfg, record)
         self.log.info("cluster OK: %s", facts)
         return facts
-
-    def run_record(self, cfg, context) -> dict:
-        """This run's record on the head ({} before its first train attempt)."""
-        import json
-
-        from slimeflow.operators.train import record_path
-
-        base_id = builders.submission_id(context["dag"].dag_id, context["run_id"])
-        res = self.run_json(cfg, builders.node_script(cfg, cfg.cluster.head, "fsops.py",
-                                                      "read-text", "--path",
-                                                      record_path(cfg, base_id)))
-        try:
-            return json.loads(res["text"]) if res.get("exists") else {}
-        except ValueError:
-            return {}
 
     @staticmethod
     def ray_is_ours(probes, record) -> bool:

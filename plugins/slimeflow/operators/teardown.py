@@ -4,12 +4,10 @@ every node when this run never started Ray (its run record says so): that Ray is
 stop."""
 from __future__ import annotations
 
-import json
-
 from slimeflow import builders
 from slimeflow.hooks.ray import RayClusterHook, started_by_run
 from slimeflow.operators.base import SlimeOperator
-from slimeflow.operators.train import lease_dir, lease_run_key, record_path
+from slimeflow.operators.train import lease_dir, lease_run_key
 
 
 class TeardownOperator(SlimeOperator):
@@ -42,7 +40,7 @@ class TeardownOperator(SlimeOperator):
 
         ray = RayClusterHook(cfg, self, self.log)
         try:
-            record = self.run_record(cfg, base_id)
+            record = self.read_record(cfg, base_id)
         except Exception as e:  # the head is down: its record cannot say, the leases can
             self.log.warning("[%s] cannot read this run's record (%s); stopping Ray only on "
                              "the nodes this run holds the lease of", head, e)
@@ -77,15 +75,6 @@ class TeardownOperator(SlimeOperator):
             raise RuntimeError(f"`ray stop` failed on node(s) {', '.join(failed)} ({why}); log in "
                                f"and run `ray stop` there before the next run.")
         return rcs
-
-    def run_record(self, cfg, base_id) -> dict:
-        res = self.run_json(cfg, builders.node_script(cfg, cfg.cluster.head, "fsops.py",
-                                                      "read-text", "--path",
-                                                      record_path(cfg, base_id)))
-        try:
-            return json.loads(res["text"]) if res.get("exists") else {}
-        except ValueError:
-            return {}
 
     @staticmethod
     def attempt_ids(record, base_id) -> list:

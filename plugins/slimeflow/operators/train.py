@@ -224,17 +224,6 @@ class TrainOperator(SlimeOperator):
 
     # -- run record -------------------------------------------------------------------------
 
-    def read_record(self, cfg, base_id) -> dict:
-        res = self.run_json(cfg, builders.node_script(cfg, cfg.cluster.head, "fsops.py",
-                                                      "read-text", "--path",
-                                                      record_path(cfg, base_id)))
-        if not res.get("exists"):
-            return {"submission_id": base_id, "attempts": []}
-        try:
-            return json.loads(res["text"])
-        except ValueError:
-            return {"submission_id": base_id, "attempts": []}
-
     def write_record(self, cfg, base_id, record):
         self.run_json(cfg, builders.node_script(cfg, cfg.cluster.head, "fsops.py", "write-json",
                                                 "--path", record_path(cfg, base_id),
