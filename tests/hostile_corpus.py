@@ -186,6 +186,10 @@ CORPUS += [
     ("experiment", "a..b", "dots"),
     ("start", "fresh --force", "option"),
     ("start", True, "bool"),
+    ("hang_timeout_minutes", 0, "zero"),
+    ("hang_timeout_minutes", "20", "string"),
+    ("dcgm_diag_level", 3, "out of range"),
+    ("dcgm_diag_level", True, "bool"),
 ]
 
 # The Param schema checks types, bounds, lengths and character sets; these need our own code.

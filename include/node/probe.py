@@ -607,6 +607,13 @@ def fetch_hub(rtype, repo, revision):
     return entry
 
 
+def collect_health(level):
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import gpuhealth  # a sibling node script: the same facts `gpuhealth.py check` prints
+
+    return gpuhealth.check(level)
+
+
 def collect_ray_local():
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import raystate  # a sibling node script: the same lister train and teardown ask
@@ -632,6 +639,7 @@ def probe(args):
         "ram": {"total_bytes": None, "available_bytes": None},
         "ports": {str(p): False for p in DEFAULT_PORTS},
         "ray_local": None,
+        "health": None,
         "hub": [],
         "errors": [],
     }
@@ -662,6 +670,8 @@ def probe(args):
                 g["compute_cap"] = "%d.%d" % tuple(caps[g["index"]][:2])
 
     section("gpus", gpus)
+    if result["gpus"]:  # ECC, remaps, PCIe, NVLink, fabric, Xid, DCGM (gpuhealth.py)
+        section("health", lambda: result.__setitem__("health", collect_health(args.dcgm_level)))
     section("packages", lambda: result.__setitem__("packages", collect_packages(args)))
     section("hf_cli", lambda: result.__setitem__("hf_cli", collect_hf_cli()))
     section("disk", lambda: result.__setitem__("disk", collect_disk(args.base_folder)))
@@ -684,6 +694,8 @@ def build_parser():
     ap.add_argument("--hf-repo", action="append", default=[],
                     help="model repo (the spelling in docs/internals.md; pairs with --hf-revision)")
     ap.add_argument("--hf-revision", action="append", default=[])
+    ap.add_argument("--dcgm-level", type=int, choices=(0, 1, 2), default=0,
+                    help="run `dcgmi diag -r LEVEL` where dcgmi is installed (0: never)")
     ap.add_argument("--torch-timeout", type=float, default=TORCH_TIMEOUT)
     ap.add_argument("--nvsmi-timeout", type=float, default=NVSMI_TIMEOUT)
     return ap

@@ -8,6 +8,7 @@ import re
 
 from slimeflow.builders import ray_version_tuple
 from slimeflow.config import RunConfig
+from slimeflow.health import FAIL, FLOOR_FRACTION, grade_node, nccl_floor
 
 GB = 1e9
 # Bytes per parameter of a slime training checkpoint with optimizer state (SLIME_FACTS: 12-14).
@@ -198,12 +199,34 @@ def judge(cfg: RunConfig, probes: dict, storage_shared, present: dict | None = N
                             f"({nccl.get('error') or 'no result'}); check the driver, "
                             f"nvidia-fabricmanager and NCCL_* settings there, or set "
                             f"preflight_nccl=off to skip this check.")
-        elif (nccl.get("busbw_gbps") or 0) < cfg.recipe.nccl_busbw_floor_gbps:
-            problems.append(f"node {node}: NCCL all-reduce bus bandwidth is "
-                            f"{nccl.get('busbw_gbps')} GB/s, far below this recipe's floor of "
-                            f"{cfg.recipe.nccl_busbw_floor_gbps:g} GB/s (NVLink GPUs reach "
-                            f"hundreds); check `nvidia-smi topo -m` and nvidia-fabricmanager, "
-                            f"or remove {node} from `nodes`.")
+            continue
+        gpus = probes[node].get("gpus") or []
+        floor, expected, source = nccl_floor(cfg.recipe.nccl_busbw_floor_gbps,
+                                             gpus[0].get("name") if gpus else None, len(gpus),
+                                             bool(probes[node].get("nvlink")))
+        got = nccl.get("busbw_gbps") or 0
+        if got < floor:
+            against = (f"{FLOOR_FRACTION:.0%} of the {expected:g} GB/s that healthy "
+                       f"{len(gpus)} x {gpus[0].get('name')} nodes reach ({source})"
+                       if expected else source)
+            problems.append(f"drain {node}: its NCCL all-reduce bus bandwidth is {got:g} GB/s, "
+                            f"under the floor of {floor:g} GB/s ({against}); check `nvidia-smi "
+                            f"topo -m`, `nvidia-smi nvlink --status` and nvidia-fabricmanager "
+                            f"there, or remove {node} from `nodes`.")
+    health = {"warn": [], "info": [], "marks": {}}
+    for node in nodes:
+        h = probes[node].get("health")
+        if not (probes[node].get("gpus") or []):
+            continue  # no GPU at all is reported above
+        for f in grade_node(node, h):
+            if f["grade"] == FAIL:
+                problems.append(f["text"])
+            else:
+                health[f["grade"]].append(f["text"])
+        xid = (h or {}).get("xid") or {}
+        times = [e["t"] for e in xid.get("events") or [] if isinstance(e.get("t"), (int, float))]
+        if xid.get("readable"):  # the trigger alerts on Xids newer than this
+            health["marks"][node] = max(times) if times else (h or {}).get("uptime")
     from slimeflow.hooks.ray import foreign_ray
 
     running = [n for n in nodes if (probes[n].get("ray_local") or {}).get("running")]
@@ -257,4 +280,7 @@ def judge(cfg: RunConfig, probes: dict, storage_shared, present: dict | None = N
         "model_bytes_source": need["source"],
         # decides how the train.py arguments are quoted for `ray job submit` (builders)
         "ray_version": head_ray,
+        # warn and info findings (the run goes on: check_cluster logs and alerts them), and
+        # per node the kernel-log time (s since boot) after which an Xid is new to the trigger
+        "health": health,
     }

@@ -87,6 +87,8 @@ class TrainConfig:
     lease_wait_s: float = 600.0
     lease_stale_s: float = 900.0
     start: str = "resume"  # or "fresh": refuse a save dir that holds an earlier run's checkpoint
+    hang_timeout_s: float = 1200.0
+    dcgm_diag_level: int = 1
 
 
 @dataclass(frozen=True)
@@ -205,7 +207,10 @@ class RunConfig:
                                            10, lo=0.0),
                 lease_stale_s=60 * _minutes("lease_stale_minutes", p.get("lease_stale_minutes"),
                                             15),
-                start=v.check_start("start", p.get("start"))),
+                start=v.check_start("start", p.get("start")),
+                hang_timeout_s=60 * _minutes("hang_timeout_minutes",
+                                             p.get("hang_timeout_minutes"), 20),
+                dcgm_diag_level=_dcgm_level(p.get("dcgm_diag_level"))),
         )
 
 
@@ -217,6 +222,14 @@ def _minutes(field: str, value, default, lo: float = 0.01, hi: float = 100_000.0
         raise v.ParamError(f"Param `{field}` must be a number of minutes between {lo} and {hi}; "
                            f"got {value!r}.")
     return float(value)
+
+
+def _dcgm_level(value) -> int:
+    if value is None or value == "":
+        return 1
+    if isinstance(value, bool) or value not in (0, 1, 2):
+        raise v.ParamError(f"Param `dcgm_diag_level` must be 0 (skip), 1 or 2; got {value!r}.")
+    return int(value)
 
 
 def _fit_cp(layout: Layout, world: int):

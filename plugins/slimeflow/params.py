@@ -136,6 +136,15 @@ def param_specs(recipe: Recipe) -> dict:
                                   "Stall timeout (min)", "train stops the job and fails (cause: "
                                   "stalled) when no rollout line appears for this long. Empty: the "
                                   f"recipe's {recipe.stall_timeout_minutes} min."),
+        "hang_timeout_minutes": (20, {"type": "number", "minimum": 0.01, "maximum": 100000},
+                                 "NCCL hang timeout (min)", "train stops the job and fails "
+                                 "(cause: NCCL hang; a retry resumes) when every GPU of a node "
+                                 "has sat at high utilization on near-idle power, with no rollout "
+                                 "line, for this long: a collective waiting on a peer. Well under "
+                                 "the stall timeout, which catches every other silence."),
+        "dcgm_diag_level": (1, {"type": "integer", "enum": [0, 1, 2]}, "DCGM diagnostics level",
+                            "preflight runs `dcgmi diag -r <level>` on each node where dcgmi is "
+                            "installed: 1 takes seconds, 2 a few minutes; 0 skips it."),
         "lease_wait_minutes": (10, {"type": "number", "minimum": 0, "maximum": 100000},
                                "Node lease wait (min)", "How long preflight waits for nodes that "
                                "another run holds before failing with that run's name."),

@@ -74,9 +74,9 @@ class Recipe:
     expected_hours: float
     stall_timeout_minutes: int
     needs: tuple = ()
-    # all-reduce bus bandwidth under which check_cluster calls a node's GPUs broken (H100/H200
-    # over NVLink measure 300+ GB/s; PCIe-only boxes a few tens)
-    nccl_busbw_floor_gbps: float = 50.0
+    # all-reduce bus bandwidth under which check_cluster refuses a node; None: 80% of the
+    # published figure for the nodes' GPU model, count and topology (slimeflow/health.py)
+    nccl_busbw_floor_gbps: float | None = None
 
     def layout_for(self, nodes: int) -> Layout:
         for layout in self.layouts:
@@ -118,7 +118,8 @@ def parse_recipe(raw: dict) -> Recipe:
         expected_hours=float(raw.get("expected_hours", 72)),
         stall_timeout_minutes=int(raw.get("stall_timeout_minutes", 120)),
         needs=tuple(raw.get("needs") or ()),
-        nccl_busbw_floor_gbps=float(raw.get("nccl_busbw_floor_gbps", 50.0)),
+        nccl_busbw_floor_gbps=(None if raw.get("nccl_busbw_floor_gbps") is None
+                               else float(raw["nccl_busbw_floor_gbps"])),
     )
 
 

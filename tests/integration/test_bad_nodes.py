@@ -314,3 +314,65 @@ def test_a_foreign_ray_on_other_ports_refuses_the_node_and_survives_teardown(clu
     finally:
         cluster.exec(1, "ray stop --force", timeout=120)
     assert not raylets()
+
+
+# -- GPU health (gpuhealth.py through the probe, judged by check_cluster) ---------------------
+
+SICK = [  # one fault per GPU of sim_node_1, all at once: one probe, one sentence each
+    ("gpu-ecc", {"gpu": 5, "count": 3},
+     "drain sim_node_1: GPU 5 (0000:ab:00.0) has 3 uncorrectable ECC errors since the driver "
+     "loaded; reset the GPU (nvidia-smi -r -i 5) or RMA it, then run again."),
+    ("gpu-remap", {"gpu": 2},
+     "drain sim_node_1: GPU 2 (0000:3a:00.0) has a pending row remap; reset the GPU "
+     "(nvidia-smi -r -i 2) or reboot the node so that the remap takes effect."),
+    ("gpu-xid", {"gpu": 1, "code": 79},
+     "drain sim_node_1: GPU 1 (0000:2a:00.0) logged Xid 79 (GPU has fallen off the bus) once "
+     "since boot, last at "),
+    ("gpu-xid", {"gpu": 0, "code": 48},
+     "drain sim_node_1: GPU 0 (0000:18:00.0) logged Xid 48 (double-bit ECC error) once since "
+     "boot, last at "),
+    ("gpu-nvlink-down", {"gpu": 4, "links": [3]},
+     "drain sim_node_1: GPU 4 (0000:9a:00.0) has 1 of 18 NVLink links down (link 3); reset the "
+     "GPU or check the baseboard, since NCCL over the node would slow down or hang."),
+]
+
+
+def test_sick_gpus_refuse_their_node_before_anything_starts(cluster):
+    for fault, kw, _ in SICK:
+        cluster.fault(fault, node=1, **kw)
+    try:
+        msg = judged(cluster, 1)
+    finally:
+        cluster.fault("gpu-heal", node=1)
+    for _, _, expect in SICK:
+        assert expect in msg, msg
+    assert msg.count("drain sim_node_1") == len(SICK), msg  # one sentence per problem
+
+
+def test_warnings_let_the_run_go_on_and_say_what_to_do(cluster):
+    cluster.fault("gpu-pcie", node=1, gpu=3, width=8)
+    cluster.fault("gpu-thermal", node=1, gpu=6)
+    cluster.fault("dmesg-restrict", node=1)
+    try:
+        cfg, p = probe(cluster, 1)
+        facts = judge(cfg, {cfg.cluster.head: p}, True, {})  # no ClusterError: it goes on
+    finally:
+        cluster.fault("gpu-heal", node=1)
+    h = facts["health"]
+    assert [t for t in h["warn"] if t.startswith(
+        "sim_node_1: GPU 3 (0000:5d:00.0)'s PCIe link runs at x8 of x16; reseat the GPU")], h
+    assert [t for t in h["warn"] if t.startswith(
+        "sim_node_1: GPU 6 (0000:ba:00.0) is slowed by hardware thermal slowdown")], h
+    # an unreadable kernel log is "unknown", never a pass, and gives the trigger no Xid mark
+    assert [t for t in h["info"] if t.startswith(
+        "sim_node_1: Xid events are unknown because the kernel log cannot be read (dmesg: read "
+        "kernel buffer failed: Operation not permitted)")], h
+    assert "sim_node_1" not in h["marks"]
+
+
+def test_a_healthy_node_passes_every_health_check(cluster):
+    cfg, p = probe(cluster, 1)
+    facts = judge(cfg, {cfg.cluster.head: p}, True, {})
+    assert facts["health"]["warn"] == [] and p["health"]["xid"]["readable"] is True
+    assert len(p["health"]["gpus"]) == 8 and p["health"]["fabric"]["state"] == "Completed"
+    assert "sim_node_1" in facts["health"]["marks"]

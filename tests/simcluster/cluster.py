@@ -21,7 +21,7 @@ Layout of a state folder ``DIR`` (all paths absolute, ``DIR`` resolved):
     DIR/env.sh            AIRFLOW_CONN_SIM_NODE_<I>, SIMCLUSTER_DIR, SIM_BASE_FOLDER, SIM_SLIME_DIR, ...
     DIR/id_ed25519        the one client key accepted by every node (root login)
     DIR/hosts             /etc/hosts of every node
-    DIR/bin/              nvidia-smi stand-in
+    DIR/bin/              nvidia-smi and dmesg stand-ins
     DIR/site/             PYTHONPATH of every session: real flash-linear-attention 0.4.0 (+ fla-core),
                           stand-in dist-infos for sglang, causal_conv1d, triton, slime
     DIR/slime/            slime_dir (git repo): train.py, tools/convert_hf_to_torch_dist.py, scripts/
@@ -82,7 +82,8 @@ MEGATRON_VERSION = (0, 14, 0, "rc0")
 CACHE_DIR = Path(os.environ.get("SLIMEFLOW_SIM_CACHE", "~/.cache/slimeflow-sim")).expanduser()
 FAULTS = ("drop-ssh", "restart-sshd", "block-ssh", "unblock-ssh", "vanish-node", "vanish-head", "reboot-node", "kill-actor",
           "kill-trainer", "hang-trainer", "resume-trainer", "corrupt-shard", "fill-disk", "unfill-disk",
-          "foreign-gpu-proc")
+          "foreign-gpu-proc", "gpu-ecc", "gpu-remap", "gpu-xid", "gpu-pcie", "gpu-nvlink-down",
+          "gpu-thermal", "gpu-hang", "gpu-idle", "gpu-heal", "dmesg-restrict")
 FILL_NAME = ".simcluster-fill"
 FOREIGN_ARG = "86399"  # `sleep 86399`: the foreign GPU process
 
@@ -537,8 +538,9 @@ def _build_megatron(meg: Path) -> None:
 def _build_bin(binp: Path) -> None:
     shutil.rmtree(binp, ignore_errors=True)
     binp.mkdir()
-    shutil.copy2(PKG / "nvidia_smi.py", binp / "nvidia-smi")
-    os.chmod(binp / "nvidia-smi", 0o755)
+    for src, name in (("nvidia_smi.py", "nvidia-smi"), ("dmesg.py", "dmesg")):
+        shutil.copy2(PKG / src, binp / name)
+        os.chmod(binp / name, 0o755)
     other = PKG / "bin"
     if other.is_dir():
         for src in sorted(other.iterdir()):

@@ -255,3 +255,96 @@ def _foreign_gpu_proc(cluster, node=None, gpu_index: int = 0, used_memory: int =
     procs.append(entry)
     _write_json(procs_file, procs)
     return {"fault": "foreign-gpu-proc", "node": i, "host_pid": proc.pid, **entry}
+
+
+# -- GPU health (issue 13): what the nvidia-smi and dmesg stand-ins of node i answer -----------
+XID_TEXT = {  # the wording of NVIDIA's driver for these Xids (docs.nvidia.com/deploy/xid-errors)
+    79: "pid='<unknown>', name=<unknown>, GPU has fallen off the bus.",
+    48: "pid=4242, name=python3, An uncorrectable double bit error (DBE) has been detected on "
+        "GPU in the framebuffer at partition 0, subpartition 0.",
+    94: "pid=4242, name=python3, Contained: SM (0x1). RST: No, D-RST: No",
+    13: "pid=4242, name=python3, Graphics SM Warp Exception on (GPC 0, TPC 0, SM 0): "
+        "Out Of Range Address",
+}
+
+
+def _gpu_fault(cluster, node, gpu, **fields):
+    i = _node(cluster, node)
+    g = json.loads((cluster.node_dir(i) / "gpu.json").read_text())
+    faults = g.get("faults") or {}
+    faults.setdefault(str(int(gpu)), {}).update(fields)
+    cluster.set_gpu(i, faults=faults)
+    return i
+
+
+def _gpu_ecc(cluster, node=None, gpu=0, count=3, **_):
+    """GPU `gpu` of node i has `count` uncorrectable ECC errors (volatile and aggregate)."""
+    g = json.loads((cluster.node_dir(_node(cluster, node)).joinpath("gpu.json")).read_text())
+    old = int(((g.get("faults") or {}).get(str(gpu)) or {}).get("ecc_volatile", 0))
+    i = _gpu_fault(cluster, node, gpu, ecc_volatile=old + int(count),
+                   ecc_aggregate=old + int(count))
+    return {"fault": "gpu-ecc", "node": i, "gpu": gpu, "count": old + int(count)}
+
+
+def _gpu_remap(cluster, node=None, gpu=0, failure=False, **_):
+    i = _gpu_fault(cluster, node, gpu, remap_pending=True, remap_failure=bool(failure))
+    return {"fault": "gpu-remap", "node": i, "gpu": gpu}
+
+
+def _gpu_xid(cluster, node=None, gpu=0, code=79, **_):
+    """The driver logs Xid `code` for GPU `gpu` into node i's kernel log (dmesg stand-in)."""
+    from tests.simcluster.nvidia_smi import bus_id
+
+    i = _node(cluster, node)
+    bus = bus_id(int(gpu))  # 00000000:18:00.0 -> the driver's PCI:0000:18:00
+    pci = "0000:" + bus.split(":", 1)[1].rsplit(".", 1)[0].lower()
+    with open("/proc/uptime") as f:  # the nodes share this kernel's clock
+        t = float(f.read().split()[0])
+    msg = f"NVRM: Xid (PCI:{pci}): {int(code)}, {XID_TEXT.get(int(code), 'pid=4242, name=python3')}"
+    with open(cluster.node_dir(i) / "kmsg.jsonl", "a") as f:
+        f.write(json.dumps({"t": t, "msg": msg}) + "\n")
+    return {"fault": "gpu-xid", "node": i, "gpu": gpu, "code": int(code), "t": t, "pci": pci}
+
+
+def _gpu_pcie(cluster, node=None, gpu=0, width=8, **_):
+    i = _gpu_fault(cluster, node, gpu, pcie_width=int(width))
+    return {"fault": "gpu-pcie", "node": i, "gpu": gpu, "width": int(width)}
+
+
+def _gpu_nvlink_down(cluster, node=None, gpu=0, links=(0, 1), **_):
+    i = _gpu_fault(cluster, node, gpu, nvlink_down=[int(x) for x in links])
+    return {"fault": "gpu-nvlink-down", "node": i, "gpu": gpu, "links": list(links)}
+
+
+def _gpu_thermal(cluster, node=None, gpu=0, **_):
+    i = _gpu_fault(cluster, node, gpu, thermal=True)
+    return {"fault": "gpu-thermal", "node": i, "gpu": gpu}
+
+
+def _gpu_hang(cluster, node=None, **_):
+    """Node i's GPUs show the NCCL-hang signature (100 % utilization, near-idle power)."""
+    i = _node(cluster, node)
+    cluster.set_gpu(i, telemetry="hang")
+    return {"fault": "gpu-hang", "node": i}
+
+
+def _gpu_idle(cluster, node=None, **_):
+    """Node i's GPUs go idle whatever runs there (0 %, idle power)."""
+    i = _node(cluster, node)
+    cluster.set_gpu(i, telemetry="idle")
+    return {"fault": "gpu-idle", "node": i}
+
+
+def _dmesg_restrict(cluster, node=None, **_):
+    """dmesg on node i fails as under kernel.dmesg_restrict=1 without CAP_SYSLOG."""
+    i = _node(cluster, node)
+    cluster.set_gpu(i, dmesg_restricted=True)
+    return {"fault": "dmesg-restrict", "node": i}
+
+
+def _gpu_heal(cluster, node=None, **_):
+    """Every GPU fault of node i cleared (a reset GPU, a rebooted kernel log)."""
+    i = _node(cluster, node)
+    cluster.set_gpu(i, faults={}, telemetry=None, dmesg_restricted=False, fabric=None)
+    (cluster.node_dir(i) / "kmsg.jsonl").unlink(missing_ok=True)
+    return {"fault": "gpu-heal", "node": i}

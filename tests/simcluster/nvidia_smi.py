@@ -8,7 +8,21 @@ file; ``i`` from ``$SIMCLUSTER_NODE``) and answers in nvidia-smi's real formats:
 - ``--query-gpu=F1,F2,... --format=csv[,noheader][,nounits] [-i IDS]``
 - ``--query-compute-apps=pid,process_name,used_memory,gpu_uuid --format=...`` (from
   ``DIR/nodes/<i>/gpu_procs.json``; entries whose pid is dead are not shown, as on a real GPU)
-- ``topo -m``, ``-L``, and plain ``nvidia-smi`` (a short table).
+- ``topo -m``, ``-L``, ``nvlink --status`` / ``nvlink -s``, ``-q`` (a subset of its sections:
+  the header, each GPU's identity, ECC mode and the Fabric section), and plain ``nvidia-smi``
+  (a short table).
+
+Health and telemetry (issue 13), with the field names and value spellings of nvidia-smi's
+``--help-query-gpu`` on R535+ drivers (the real H200 answers are recorded in
+docs/gpu-validation.md): ECC counters, retired pages, row remapping, PCIe link, clock event
+reasons (``clocks_throttle_reasons.*`` before R535), power. Faults come from ``gpu.json``'s
+``"faults": {"<gpu index>": {...}}`` (``ecc_volatile``, ``ecc_aggregate``, ``remap_pending``,
+``remap_failure``, ``pages_pending``, ``pcie_width``, ``nvlink_down``: [link ids], ``thermal``,
+``power_brake``) and ``"fabric"`` ({"state", "status"}). Utilization, power and memory follow
+what really runs on the node: a live slime training actor (``ray::MegatronTrainRayActor`` in
+this node's PID namespace) makes its GPUs busy; a stopped one (SIGSTOP, the ``hang-trainer``
+fault) shows the NCCL-hang signature of real GPUs, 100 % utilization at near-idle power (a
+kernel spinning in a collective's wait loop); ``"telemetry": "idle" | "hang"`` forces either.
 
 gpu.json: ``{"count", "gpu", "name", "compute_cap", "memory_total_mib", "driver_version",
 "cuda_version", "nvlink", "uuids", "driver_loaded"}``. ``count: 0`` gives "No devices were found"
@@ -40,7 +54,30 @@ GPU_FIELDS = {
     "temperature.gpu": ("temperature.gpu", None),
     "serial": ("serial", None),
     "persistence_mode": ("persistence_mode", None),
+    "ecc.mode.current": ("ecc.mode.current", None),
+    "ecc.errors.uncorrected.volatile.total": ("ecc.errors.uncorrected.volatile.total", None),
+    "ecc.errors.uncorrected.aggregate.total": ("ecc.errors.uncorrected.aggregate.total", None),
+    "retired_pages.pending": ("retired_pages.pending", None),
+    "remapped_rows.pending": ("remapped_rows.pending", None),
+    "remapped_rows.failure": ("remapped_rows.failure", None),
+    "remapped_rows.uncorrectable": ("remapped_rows.uncorrectable", None),
+    "pcie.link.gen.current": ("pcie.link.gen.current", None),
+    "pcie.link.gen.max": ("pcie.link.gen.max", None),
+    "pcie.link.width.current": ("pcie.link.width.current", None),
+    "pcie.link.width.max": ("pcie.link.width.max", None),
+    "clocks_event_reasons.hw_thermal_slowdown": ("clocks_event_reasons.hw_thermal_slowdown", None),
+    "clocks_event_reasons.hw_power_brake_slowdown":
+        ("clocks_event_reasons.hw_power_brake_slowdown", None),
+    "clocks_event_reasons.sw_thermal_slowdown": ("clocks_event_reasons.sw_thermal_slowdown", None),
+    "power.draw": ("power.draw [W]", "W"),
+    "power.limit": ("power.limit [W]", "W"),
 }
+# R535 renamed clocks_throttle_reasons.* to clocks_event_reasons.*; the old names stay accepted
+for _k in [k for k in GPU_FIELDS if k.startswith("clocks_event_reasons.")]:
+    GPU_FIELDS[_k.replace("clocks_event_reasons.", "clocks_throttle_reasons.")] = GPU_FIELDS[_k]
+POWER_LIMIT_W = {"B200": 1000}  # SXM boards; H100/H200 SXM: 700 W
+NVLINKS = {"B200": (18, "53.125"), "H100": (18, "26.562"), "H200": (18, "26.562")}
+ACTOR_TITLE = "ray::MegatronTrainRayActor"
 GPU_ALIASES = {"gpu_name": "name", "gpu_uuid": "uuid", "gpu_bus_id": "pci.bus_id",
                "gpu_serial": "serial", "driver_version": "driver_version"}
 APP_FIELDS = {
@@ -86,6 +123,12 @@ def _alive(pid):
     return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
 
 
+def bus_id(i):
+    """GPU i's PCI bus id, as an 8-GPU HGX board numbers them."""
+    base = [0x18, 0x2A, 0x3A, 0x5D, 0x9A, 0xAB, 0xBA, 0xDB][i % 8]
+    return "00000000:%02X:00.0" % ((base + i // 8) & 0xFF)
+
+
 class Node:
     def __init__(self):
         self.dir = _state_dir()
@@ -103,6 +146,9 @@ class Node:
         uuids = self.gpu.get("uuids") or []
         self.uuids = [uuids[i] if i < len(uuids) else
                       "GPU-%08x-0000-0000-0000-%012x" % (self.node, i) for i in range(self.count)]
+        self.faults = self.gpu.get("faults") or {}
+        self.kind = self.gpu.get("gpu") or "H100"
+        self.activity = self._activity()
         procs = _load(os.path.join(ndir, "gpu_procs.json"), [])
         self.procs = []
         for p in procs if isinstance(procs, list) else []:
@@ -114,9 +160,44 @@ class Node:
             if 0 <= int(idx) < self.count:
                 self.procs.append(dict(p, gpu_index=int(idx)))
 
+    def _activity(self):
+        """'train', 'hang' or 'idle': what this node's GPUs are doing."""
+        forced = self.gpu.get("telemetry")
+        if forced in ("idle", "hang", "train"):
+            return forced
+        states = []
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                with open("/proc/%s/cmdline" % pid, "rb") as f:
+                    title = f.read().split(b"\0")[0].decode("utf-8", "replace")
+                with open("/proc/%s/stat" % pid) as f:
+                    state = f.read().rsplit(")", 1)[-1].split()[0]
+            except (OSError, IndexError):
+                continue
+            if title.startswith(ACTOR_TITLE):
+                states.append(state)
+        if not states:
+            return "idle"
+        return "hang" if all(st == "T" for st in states) else "train"
+
+    def fault(self, i, key, default=None):
+        return (self.faults.get(str(i)) or {}).get(key, default)
+
+    def telemetry(self, i):
+        """(utilization %, power W, memory used MiB) of GPU i."""
+        limit = POWER_LIMIT_W.get(self.kind, 700)
+        if self.activity == "train":
+            # deterministic wobble: busy GPUs never read the same twice
+            wob = int(time.time() * 7 + i * 13) % 9
+            return 92 + wob % 8, round(limit * (0.62 + 0.03 * wob), 2), int(self.mem * 0.78)
+        if self.activity == "hang":
+            return 100, round(limit * 0.12, 2), int(self.mem * 0.78)
+        return 0, round(limit * 0.1, 2), 0
+
     def bus_id(self, i):
-        base = [0x18, 0x2A, 0x3A, 0x5D, 0x9A, 0xAB, 0xBA, 0xDB][i % 8]
-        return "00000000:%02X:00.0" % ((base + i // 8) & 0xFF)
+        return bus_id(i)
 
     def used(self, i):
         return sum(int(p.get("used_memory", 0)) for p in self.procs if p["gpu_index"] == i)
@@ -167,7 +248,8 @@ def query_gpu(node, fields, fmt, ids):
     canon = []
     for f in names:
         c = GPU_ALIASES.get(f.lower(), f.lower())
-        if c not in GPU_FIELDS or (c == "compute_cap" and _driver_major(node.driver) < 510):
+        if c not in GPU_FIELDS or (c == "compute_cap" and _driver_major(node.driver) < 510) \
+                or (c.startswith("clocks_event_reasons.") and _driver_major(node.driver) < 535):
             print('Field "%s" is not a valid field to query.' % f)
             print()
             sys.exit(2)
@@ -177,13 +259,40 @@ def query_gpu(node, fields, fmt, ids):
         print(", ".join(GPU_FIELDS[c][0] for c in canon))
     for i in _ids(node, ids):
         used = node.used(i)
+        util, power, busy_mem = node.telemetry(i)
+        used = used + busy_mem
+        f = node.fault
+        vol = int(f(i, "ecc_volatile", 0))
+        yes = {True: "Yes", False: "No"}
+        active = {True: "Active", False: "Not Active"}
         vals = {
             "index": i, "name": node.name, "uuid": node.uuids[i], "compute_cap": node.cc,
             "memory.total": node.mem, "memory.used": used, "memory.free": node.mem - used,
             "driver_version": node.driver, "count": node.count, "pci.bus_id": node.bus_id(i),
-            "utilization.gpu": 100 if used else 0, "temperature.gpu": 33 + i % 4,
+            "utilization.gpu": 100 if used and not busy_mem else util,
+            "temperature.gpu": 33 + i % 4,
             "serial": "%013d" % (1650000000000 + node.node * 100 + i), "persistence_mode": "Enabled",
+            "ecc.mode.current": "Enabled",
+            "ecc.errors.uncorrected.volatile.total": vol,
+            "ecc.errors.uncorrected.aggregate.total": max(vol, int(f(i, "ecc_aggregate", 0))),
+            # Hopper and later retire no pages (they remap rows): nvidia-smi says No there
+            "retired_pages.pending": yes[bool(f(i, "pages_pending", False))],
+            "remapped_rows.pending": yes[bool(f(i, "remap_pending", False))],
+            "remapped_rows.failure": yes[bool(f(i, "remap_failure", False))],
+            "remapped_rows.uncorrectable": int(f(i, "remap_uncorrectable", 0)),
+            # an idle GPU lowers its link generation to save power; the width stays
+            "pcie.link.gen.current": 5 if node.activity != "idle" else 1,
+            "pcie.link.gen.max": 5,
+            "pcie.link.width.current": int(f(i, "pcie_width", 16)), "pcie.link.width.max": 16,
+            "clocks_event_reasons.hw_thermal_slowdown": active[bool(f(i, "thermal", False))],
+            "clocks_event_reasons.hw_power_brake_slowdown":
+                active[bool(f(i, "power_brake", False))],
+            "clocks_event_reasons.sw_thermal_slowdown": "Not Active",
+            "power.draw": power, "power.limit": "%.2f" % POWER_LIMIT_W.get(node.kind, 700),
         }
+        for k in list(vals):
+            if k.startswith("clocks_event_reasons."):
+                vals[k.replace("clocks_event_reasons.", "clocks_throttle_reasons.")] = vals[k]
         print(", ".join(_fmt(vals[c], GPU_FIELDS[c][1], nounits) for c in canon))
     return 0
 
@@ -251,6 +360,45 @@ def topo(node):
     if nics:
         lines += ["NIC Legend:", ""] + ["  NIC%d: mlx5_%d" % (i, i) for i in range(nics)] + [""]
     print("\n".join(lines))
+    return 0
+
+
+def nvlink_status(node):
+    """`nvidia-smi nvlink --status`: per GPU its links' speed, a down link `<inactive>`."""
+    node.check()
+    links, speed = NVLINKS.get(node.kind, (18, "26.562"))
+    for i in range(node.count):
+        print("GPU %d: %s (UUID: %s)" % (i, node.name, node.uuids[i]))
+        if not node.nvlink:
+            continue
+        down = set(int(x) for x in node.fault(i, "nvlink_down", []) or [])
+        for link in range(links):
+            print("\t Link %d: %s" % (link, "<inactive>" if link in down else speed + " GB/s"))
+    return 0
+
+
+def query_all(node):
+    """`nvidia-smi -q`, the sections slimeflow reads (the real one prints ~200 lines per GPU)."""
+    node.check()
+    fabric = node.gpu.get("fabric") or ({"state": "Completed", "status": "Success"}
+                                        if node.nvlink else {"state": "N/A", "status": "N/A"})
+    out = ["", "==============NVSMI LOG==============", "",
+           "%-38s: %s" % ("Timestamp", time.strftime("%a %b %d %H:%M:%S %Y")),
+           "%-38s: %s" % ("Driver Version", node.driver),
+           "%-38s: %s" % ("CUDA Version", node.cuda), "",
+           "%-38s: %d" % ("Attached GPUs", node.count)]
+    for i in range(node.count):
+        out += ["GPU %s" % node.bus_id(i),
+                "    %-34s: %s" % ("Product Name", node.name),
+                "    %-34s: %s" % ("Persistence Mode", "Enabled"),
+                "    %-34s: %s" % ("GPU UUID", node.uuids[i]),
+                "    Fabric",
+                "        %-30s: %s" % ("State", fabric.get("state")),
+                "        %-30s: %s" % ("Status", fabric.get("status")),
+                "    ECC Mode",
+                "        %-30s: %s" % ("Current", "Enabled"),
+                "        %-30s: %s" % ("Pending", "Enabled"), ""]
+    print("\n".join(out))
     return 0
 
 
@@ -334,6 +482,13 @@ def main(argv):
             return topo(node)
         print("Please run 'nvidia-smi topo -h' for help.")
         return 2
+    if rest[:1] == ["nvlink"]:
+        if "--status" in rest or "-s" in rest:
+            return nvlink_status(node)
+        print("Please run 'nvidia-smi nvlink -h' for help.")
+        return 2
+    if rest in (["-q"], ["--query"]):
+        return query_all(node)
     if rest in (["-L"], ["--list-gpus"]):
         return list_gpus(node)
     if not rest:

@@ -151,3 +151,20 @@ async def deadline_missed(recipe: str, expected_hours: float, context: dict | No
     out = await asyncio.to_thread(channels.deliver, alert, sig, context or {}, dedupe=False)
     return f"sent via {', '.join(out['sent'])}" if out.get("sent") else \
         f"not sent: {out.get('skipped') or '; '.join(out.get('errors') or [])}"
+
+
+def health_alert(*, dag_id: str, run_id: str, task_id: str, node: str | None, text: str,
+                 log_url: str | None = None, context: dict | None = None,
+                 dedupe: bool = True) -> dict:
+    """A GPU health warning (check_cluster's warn grade, or new ECC/Xid/idle GPUs during
+    training): sent at once, the run goes on. In a task it is de-duplicated by its sentence, so
+    a retry does not send it twice; the trigger passes dedupe=False (it writes no Variable) and
+    keeps its own record of what it reported (utils/gpuwatch.py)."""
+    alert, _ = build_alert(severity="health", dag_id=dag_id, run_id=run_id, task_id=task_id,
+                           params={}, task_node=node, summary=text, cause="GPU health",
+                           fix="read the sentence above: it names the node, the GPU and what "
+                               "to do", log_url=log_url)
+    import hashlib
+
+    sig = hashlib.sha1(text.encode()).hexdigest()[:16]
+    return channels.deliver(alert, sig, context or {}, dedupe=dedupe)

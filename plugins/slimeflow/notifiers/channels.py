@@ -24,7 +24,7 @@ CHANNELS_VARIABLE = "slimeflow_alert_channels"
 EMAIL_TO_VARIABLE = "slimeflow_alert_email_to"
 DEFAULT_CONNS = {"slack": "slimeflow_slack", "email": "slimeflow_smtp",
                  "apprise": "slimeflow_apprise"}
-RANK = {"retry": 0, "deadline": 1, "failure": 2}
+RANK = {"retry": 0, "deadline": 1, "health": 1, "failure": 2}
 DEDUPE_PREFIX = "slimeflow_alert_sent_"
 
 

@@ -16,8 +16,10 @@ from slimeflow.utils import logparse
 MAX_LINES = 30
 MAX_LINE_CHARS = 400
 
-SEVERITY = {"failure": "FAILED", "retry": "will retry", "deadline": "overdue"}
-EMOJI = {"failure": ":red_circle:", "retry": ":large_orange_circle:", "deadline": ":hourglass:"}
+SEVERITY = {"failure": "FAILED", "retry": "will retry", "deadline": "overdue",
+            "health": "GPU health warning"}
+EMOJI = {"failure": ":red_circle:", "retry": ":large_orange_circle:", "deadline": ":hourglass:",
+         "health": ":warning:"}
 
 # the stage a task belongs to, when nothing more specific is known
 STAGE = {
@@ -83,7 +85,7 @@ _NOISE = re.compile(r"^::(end)?group::|^Task instance is in running state|^Execu
 
 @dataclass
 class Alert:
-    severity: str            # failure | retry | deadline
+    severity: str            # failure | retry | deadline | health
     dag_id: str
     run_id: str
     task_id: str | None

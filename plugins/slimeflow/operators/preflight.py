@@ -97,9 +97,26 @@ class CheckClusterOperator(SlimeOperator):
         record = self.read_record(cfg, builders.submission_id(context["dag"].dag_id,
                                                              context["run_id"]))
         facts = judge(cfg, probes, shared, present, ray_is_ours=self.ray_is_ours(probes, record))
+        self.report_health(facts["health"], context)
         facts["start"] = self.start_point(cfg, record)
         self.log.info("cluster OK: %s", facts)
         return facts
+
+    def report_health(self, health: dict, context) -> None:
+        """The warn findings go to on-call at once (the run goes on); info ones to the log."""
+        from slimeflow.notifiers.callbacks import health_alert
+
+        for text in health.get("info") or []:
+            self.log.info("GPU health: %s", text)
+        for text in health.get("warn") or []:
+            self.log.warning("GPU health: %s", text)
+            try:
+                health_alert(dag_id=context["dag"].dag_id, run_id=context["run_id"],
+                             task_id=self.task_id, node=text.split(":", 1)[0], text=text)
+            except Exception as e:  # an alert problem must never stop the run
+                self.log.warning("GPU health alert could not be sent: %s", e)
+        if not (health.get("warn") or health.get("info")):
+            self.log.info("GPU health: every check passed on every node")
 
     @staticmethod
     def ray_is_ours(probes, record) -> bool:

@@ -9,6 +9,10 @@ from slimeflow.operators.base import SlimeOperator
 from slimeflow.hooks.ray import ACTIVE, RayError, ray_node_ips, started_by_run
 
 
+# the trigger samples every node's GPUs every this many polls (a minute at the default poll)
+GPU_SAMPLE_POLLS = 4
+
+
 class TrainingFailed(RuntimeError):
     pass
 
@@ -130,7 +134,11 @@ class TrainOperator(SlimeOperator):
             stall_timeout=cfg.train.stall_timeout_s, start_iteration=start_iteration,
             deferred_at=time.time(), deadline=run_deadline(context, cfg),
             node_ips=ray_node_ips(cfg), save_dir=cfg.paths.save_dir,
-            lease_stale=cfg.train.lease_stale_s if self._lease_run else None)
+            lease_stale=cfg.train.lease_stale_s if self._lease_run else None,
+            hang_timeout=cfg.train.hang_timeout_s,
+            health_interval=GPU_SAMPLE_POLLS * cfg.train.poll_interval,
+            xid_marks=((self.facts(context).get("health") or {}).get("marks") or {}),
+            run_ref={"dag_id": context["dag"].dag_id, "run_id": context["run_id"]})
         self.log.info("[%s] deferring: the triggerer follows job %s every %ss (stall timeout "
                       "%.0fs, unreachable timeout %.0fs); progress in %s", head, sub_id,
                       cfg.train.poll_interval, cfg.train.stall_timeout_s,

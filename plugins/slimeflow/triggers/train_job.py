@@ -169,8 +169,23 @@ class TrainJobTrigger(BaseTrigger):
                  unreachable_timeout: float = 600, stall_timeout: float = 7200,
                  start_iteration: int | None = None, deferred_at: float | None = None,
                  deadline: dict | None = None, node_ips: dict | None = None,
-                 save_dir: str | None = None, lease_stale: float | None = None):
+                 save_dir: str | None = None, lease_stale: float | None = None,
+                 hang_timeout: float = 1200, health_interval: float = 60,
+                 gpu_log_interval: float = 600, xid_marks: dict | None = None,
+                 run_ref: dict | None = None):
         super().__init__()
+        # GPU telemetry (utils/gpuwatch.py): every health_interval s one `gpuhealth.py sample`
+        # per node; a summary line per node every gpu_log_interval s; xid_marks: {node: kernel
+        # log time check_cluster saw last}, so that an Xid logged since then is new
+        self.hang_timeout = float(hang_timeout)
+        self.health_interval = float(health_interval)
+        self.gpu_log_interval = float(gpu_log_interval)
+        self.xid_marks = dict(xid_marks or {})
+        self.run_ref = dict(run_ref or {})  # {"dag_id", "run_id"} for the alerts
+        self._gpu_nodes = {}
+        self._gpu_sampled_at = None
+        self._gpu_logged_at = None
+        self._watch = None
         # jobwatch refreshes the leases from the head, which on local (not shared) storage only
         # sees the head's own lease file: the workers' are refreshed on the workers, every
         # min(60 s, lease_stale / 3) (slimeflow/leases.py); None: not at all
@@ -215,7 +230,9 @@ class TrainJobTrigger(BaseTrigger):
             "stall_timeout": self.stall_timeout, "start_iteration": self.start_iteration,
             "deferred_at": self.deferred_at, "deadline": self.deadline,
             "node_ips": self.node_ips, "save_dir": self.save_dir,
-            "lease_stale": self.lease_stale})
+            "lease_stale": self.lease_stale, "hang_timeout": self.hang_timeout,
+            "health_interval": self.health_interval, "gpu_log_interval": self.gpu_log_interval,
+            "xid_marks": self.xid_marks, "run_ref": self.run_ref})
 
     # -- the poll loop ------------------------------------------------------------------------
 
@@ -278,6 +295,7 @@ class TrainJobTrigger(BaseTrigger):
                 "eta_s": st.get("eta"), "last_progress_at": st.get("last_progress_at"),
                 "rollouts_seen": st.get("seen", 0), "log_offset": offset, "status": status,
                 "start_iteration": self.start_iteration, "cause": st.get("cause"),
+                "gpu": self._watch.state() if self._watch is not None else st.get("gpu"),
                 "updated_at": time.time()}
 
     async def _check_deadline(self, status):
@@ -354,6 +372,8 @@ class TrainJobTrigger(BaseTrigger):
                     st["reward"], st["loss"] = saved.get("reward"), saved.get("loss")
                     if isinstance(saved.get("cause"), dict):  # seen by an earlier triggerer
                         st["cause"] = saved["cause"]
+                    if isinstance(saved.get("gpu"), dict):  # ECC baseline, Xid cursor, ...
+                        st["gpu"] = saved["gpu"]
                     if saved.get("log_offset"):
                         self.log.info("[%s] following job %s from log byte %s (progress %s/%s)",
                                       self.head, self.sub_id, saved.get("log_offset"),
@@ -472,6 +492,16 @@ class TrainJobTrigger(BaseTrigger):
                               self.sub_id, status)
                 ray_warned = None
             if status in ACTIVE or status == "DASHBOARD_DOWN":
+                hang = await self._watch_gpus(node, st)
+                if hang:
+                    yield self._event(
+                        "STALLED", "NCCL hang", "the job is stopped so that a retry resumes from "
+                        "the latest checkpoint; if it hangs again on the same node, drain that "
+                        "node and check its NICs and NVLink (NCCL_DEBUG=INFO names the stuck "
+                        "collective)", tail, f"{hang}; "
+                        f"{resume_note(res.get('iteration'), st.get('done'), self.save_dir)}; ",
+                        **common)
+                    return
                 quiet = time.time() - float(st["last_progress_at"] or self.deferred_at)
                 if quiet > self.stall_timeout:
                     yield self._event(
@@ -485,6 +515,66 @@ class TrainJobTrigger(BaseTrigger):
                         **common)
                     return
             await asyncio.sleep(self.poll_interval)
+
+    async def _watch_gpus(self, head_node, st) -> str | None:
+        """Every health_interval s: sample every node's GPUs at once, alert on new ECC errors,
+        Xids and idle nodes, log a summary per node now and then. Returns the hang sentence
+        once the NCCL-hang signature has outlasted hang_timeout, else None."""
+        from slimeflow.utils.gpuwatch import GpuWatch
+
+        now = time.time()
+        if self._gpu_sampled_at is not None and now - self._gpu_sampled_at < self.health_interval:
+            return None
+        self._gpu_sampled_at = now
+        if self._watch is None:
+            from slimeflow.utils.gpuwatch import IDLE_SAMPLES
+
+            self._watch = GpuWatch(self.nodes, self.hang_timeout, st.get("gpu"),
+                                   idle_after=IDLE_SAMPLES * self.health_interval)
+            for n, mark in self.xid_marks.items():
+                if isinstance(mark, (int, float)):
+                    self._watch.xid_after.setdefault(n, float(mark))
+        script = posixpath.join(self.node_dir, "gpuhealth.py")
+
+        async def sample(n):
+            if n == self.head:
+                conn = head_node
+            else:
+                conn = self._gpu_nodes.setdefault(n, AsyncNode(n, self.node_dir))
+            argv = ["python3", script, "sample"]
+            after = self._watch.xid_after.get(n)
+            if after is not None:
+                argv += ["--xid-after", str(after)]
+            try:
+                return n, await conn.run_json(argv, timeout=60)
+            except RemoteError as e:
+                return n, {"error": f"no sample: {e}"}
+        samples = dict(await asyncio.gather(*(sample(n) for n in self.nodes)))
+        got = self._watch.observe(samples, now, st.get("last_progress_at") or self.deferred_at)
+        for text in got["alerts"] + got["idle"]:
+            self.log.warning("GPU health: %s", text)
+            await self._health_alert(text)
+        changed = any((s.get("hang") or s.get("new_ecc") or s.get("new_xid"))
+                      for s in self._watch.summary.values())
+        if (self._gpu_logged_at is None or changed or got["idle"]
+                or now - self._gpu_logged_at >= self.gpu_log_interval):
+            self._gpu_logged_at = now
+            for line in got["lines"]:
+                self.log.info("%s", line)
+        return got["hang"]
+
+    async def _health_alert(self, text: str):
+        try:
+            from slimeflow.notifiers.callbacks import health_alert
+
+            out = await asyncio.to_thread(
+                health_alert, dag_id=self.run_ref.get("dag_id", ""),
+                run_id=self.run_ref.get("run_id", ""), task_id="train",
+                node=text.split(":", 1)[0].split("'", 1)[0], text=text, dedupe=False)
+            if out.get("errors"):
+                self.log.warning("GPU health alert: %s", "; ".join(out["errors"]))
+        except Exception as e:  # a failed alert must never stop the supervision
+            self.log.warning("GPU health alert could not be sent: %s", e)
 
     async def _beat_workers(self):
         """Refresh the workers' leases on the workers themselves, at most every interval."""
@@ -525,9 +615,12 @@ class TrainJobTrigger(BaseTrigger):
     # -- cancel / restart -------------------------------------------------------------------
 
     async def cleanup(self) -> None:
-        """Every exit, triggerer restarts included: close the connection, leave the job alone."""
+        """Every exit, triggerer restarts included: close the connections, leave the job alone."""
         if self._node is not None:
             self._node.close()
+        for n in self._gpu_nodes.values():
+            n.close()
+        self._gpu_nodes = {}
 
     async def on_kill(self) -> None:
         """A user acted on the deferred task: ask Ray to stop the job, then `ray stop` on every
