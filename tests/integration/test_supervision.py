@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.loopback import WebhookSink
 from tests.simcluster.airflow_run import VENV_BIN, airflow_env, run_conf
 from tests.simcluster.cluster import SimCluster, port_open, procs_of
 
@@ -145,8 +146,10 @@ def live(tmp_path_factory):
     cluster = SimCluster.up(tmp / "cluster", nodes=1, gpu="H100", rollout_seconds=0.25)
     home = tmp / "airflow"
     home.mkdir()
+    hook = WebhookSink().__enter__()  # a real HTTP receiver as the Slack channel
     env = airflow_env(cluster, home)
     env.update({
+        "AIRFLOW_CONN_SLIMEFLOW_SLACK": hook.conn_json(),
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
         "AIRFLOW__CORE__PARALLELISM": "2",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
@@ -166,12 +169,13 @@ def live(tmp_path_factory):
     subprocess.run([str(VENV_BIN / "airflow"), "db", "migrate"], env=env, check=True,
                    capture_output=True)
     af = LiveAirflow(env, home)
-    af.cluster = cluster
+    af.cluster, af.hook = cluster, hook
     try:
         af.up()
         yield af
     finally:
         af.down()
+        hook.__exit__(None, None, None)
         cluster.down()
         assert procs_of(str(cluster.dir)) == [], "the simulated cluster left processes behind"
 
@@ -374,3 +378,39 @@ def test_unreachable_head_then_a_clear_reattaches_then_a_cancel_stops_everything
     assert not [p for p in c.procs(0) if p.cmdline and p.cmdline[0].endswith(("/raylet",
                                                                                "/gcs_server"))]
     assert latest_iteration(c) in checkpoints(c)
+
+
+def test_gpu_health_during_training_alerts_at_once_and_a_hang_signature_stops_the_job(live):
+    """New ECC errors on a GPU mid-run reach on-call while the job still trains; then every
+    actor freezes with its GPUs at 100 % on idle power (the NCCL-hang signature the nvidia-smi
+    stand-in shows for stopped actors): STALLED with cause NCCL hang after hang_timeout, long
+    before stall_timeout, and the job is stopped so that a retry resumes."""
+    af, c = live, live.cluster
+    run_id, _ = start(af, 400, hang_timeout_minutes=0.25, stall_timeout_minutes=60)
+    wait_training(af, run_id)
+    af.wait(lambda: "[sim_node_0] GPUs: 8 x util " in af.log(run_id, "train"), 60,
+            "the first GPU summary")
+    c.fault("gpu-ecc", node=0, gpu=3, count=2)
+    want = ("sim_node_0: GPU 3 (0000:5d:00.0) logged 2 new uncorrectable ECC errors during "
+            "training (2 since the driver loaded); the job may die of it")
+    posts = af.wait(lambda: [p for p in af.hook.posts if want in p["json"].get("text", "")], 60,
+                    "the ECC alert")
+    assert "GPU health warning" in posts[0]["json"]["text"]
+    assert af.ti(run_id, "train")["state"] == "deferred"  # the run goes on
+    from slimeflow.builders import submission_id
+    prog = c.base_folder / ".slimeflow" / "runs" / submission_id(DAG, run_id) / "progress.json"
+    af.wait(lambda: (json.loads(prog.read_text()).get("gpu") or {}).get("summary", {})
+            .get("sim_node_0", {}).get("new_ecc") == 2, 60, "the GPU summary in progress.json")
+    kept = checkpoints(c)
+    c.fault("hang-trainer", node=0)
+    af.wait_ti(run_id, "train", ("failed", "up_for_retry"), 120)
+    log = af.log(run_id, "train")
+    assert "ended STALLED: cause NCCL hang" in log, log[-3000:]
+    assert "the GPUs of sim_node_0 have sat at 100.0% utilization while drawing 84.0 W of " \
+           "700.0 W" in log, log[-3000:]
+    assert "stopped the stalled job" in log
+    assert len([p for p in af.hook.posts if want in p["json"].get("text", "")]) == 1
+    assert af.wait_run(run_id, 90) == "failed"
+    assert set(kept) <= set(checkpoints(c))
+    c.fault("gpu-heal", node=0)
+    assert leftover(c) == []
