@@ -258,3 +258,15 @@ def test_a_node_idle_while_the_others_train_is_named_once():
     # every node idle together (a phase, a checkpoint save) is not named
     w = GpuWatch(["a", "b"], hang_timeout=600, idle_after=0)
     assert w.observe({"a": idle, "b": idle}, 0, 0)["idle"] == []
+
+
+def test_the_training_view_shows_each_nodes_gpus_and_what_was_wrong():
+    from slimeflow.ui.render import gpu_table
+
+    w = GpuWatch(["a", "b"], hang_timeout=600)
+    w.observe({"a": sample(), "b": sample(util=100, power=85.0)}, 1000, 1000)
+    w.observe({"a": sample(ecc=1), "b": sample(util=100, power=85.0)}, 1060, 1000)
+    html = gpu_table(w.state())
+    assert "<td>a</td><td>2</td><td>97.0% (min 97%)</td><td>600 / 700 W</td>" in html
+    assert "1 new ECC error(s)" in html and "NCCL-hang signature (busy on idle power)" in html
+    assert "no sample yet" in gpu_table({})

@@ -114,6 +114,7 @@ def run_block(v: dict) -> str:
                svg_chart("reward per rollout (dots: evals)", series(pts, "reward"),
                          eval_series(pts)) +
                svg_chart("loss per rollout", series(pts, "loss")) + "</div>")
+    out.append(gpu_table(prog.get("gpu") or {}))
     attempts = (v.get("record") or {}).get("attempts") or []
     if attempts:
         out.append("<table class='attempts'><tr><th>attempt</th><th>start iteration</th>"
@@ -128,6 +129,39 @@ def run_block(v: dict) -> str:
     out.append(f'<p>latest checkpoint: rollout {_e(ck.get("iteration"))} '
                f'<code>{_e(ck.get("path") or "-")}</code></p></div>')
     return "".join(out)
+
+
+def gpu_table(gpu: dict) -> str:
+    """Per node: the latest GPU sample the trigger took (utils/gpuwatch.py), and what it saw."""
+    summary = gpu.get("summary") or {}
+    if not summary:
+        return '<p class="muted">GPUs: no sample yet (the trigger samples every few polls)</p>'
+    rows = []
+    for node, s in sorted(summary.items()):
+        if s.get("error"):
+            rows.append(f"<tr><td>{_e(node)}</td><td colspan='6' class='state-failed'>"
+                        f"{_e(s['error'])}</td></tr>")
+            continue
+        health = []
+        if s.get("hang"):
+            health.append("NCCL-hang signature (busy on idle power)")
+        if s.get("new_ecc"):
+            health.append(f"{s['new_ecc']} new ECC error(s)")
+        if s.get("new_xid"):
+            health.append(f"{s['new_xid']} new Xid(s)")
+        if s.get("xid_readable") is False:
+            health.append("Xid unknown (kernel log unreadable)")
+        gib = (s.get("mem_used_mib") or 0) / 1024, (s.get("mem_total_mib") or 0) / 1024
+        cls = "state-failed" if health and not health[-1].startswith("Xid unknown") else ""
+        rows.append(f"<tr><td>{_e(node)}</td><td>{_e(s.get('gpus'))}</td>"
+                    f"<td>{_e(s.get('util'))}% (min {_e(s.get('util_min'))}%)</td>"
+                    f"<td>{_e(_num(s.get('power_w')))} / {_e(_num(s.get('power_limit_w')))} W</td>"
+                    f"<td>{gib[0]:.1f} / {gib[1]:.0f} GiB</td>"
+                    f"<td class='{cls}'>{_e('; '.join(health) or 'healthy')}</td>"
+                    f"<td>{_e(_when(s.get('t')))}</td></tr>")
+    return ("<table class='gpus'><tr><th>node</th><th>GPUs</th><th>utilization</th>"
+            "<th>power (avg / limit)</th><th>memory</th><th>health</th><th>sampled</th></tr>"
+            + "".join(rows) + "</table>")
 
 
 def training_page(views: list, refresh_s: int = 15) -> str:
