@@ -267,7 +267,9 @@ def judge(cfg: RunConfig, probes: dict, storage_shared, present: dict | None = N
                     f"needs about {ram_need / GB:.0f} GB per node for this model (slime#1851); "
                     f"use nodes with more RAM or more nodes.")
     if problems:
-        raise ClusterError(" ".join(problems))
+        err = ClusterError(" ".join(problems))
+        err.health = health  # the warnings still reach on-call when the node is refused
+        raise err
     fla = {n: ((probes[n].get("packages") or {}).get("fla") or {}).get("wy_fast") for n in nodes}
     return {
         "gpu_name": ref_name[1] if ref_name else None,

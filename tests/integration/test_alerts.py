@@ -68,3 +68,22 @@ def test_not_enough_disk_alert_names_node_and_fix(alerting, tmp_path):
     assert "choose a base_folder on a larger volume" in fix
     assert "has 0.0 GB free" in text
     assert len(smtp.wait(1)) == 1
+
+
+def test_a_sick_gpu_fails_check_cluster_and_a_warning_reaches_on_call_first(alerting, tmp_path):
+    make, smtp, hook = alerting
+    cluster, env = make(nodes=1, gpu="H100")
+    cluster.fault("gpu-pcie", node=0, gpu=3, width=8)   # warn: alert, go on
+    cluster.fault("gpu-ecc", node=0, gpu=5, count=3)    # fail: refuse the node
+    r = dags_test(env, DAG, run_conf(cluster), tmp_path / "gpu.log")
+    assert r["rc"] != 0 and r["states"]["check_cluster"] == "failed"
+    assert r["states"].get("download_model") in ("upstream_failed", None), r["states"]
+    posts = hook.wait(2)
+    texts = [p["json"]["text"] for p in posts]
+    warn = [t for t in texts if "GPU health warning" in t]
+    assert len(warn) == 1 and "sim_node_0: GPU 3 (0000:5d:00.0)'s PCIe link runs at x8 of x16" \
+        in warn[0], texts
+    fail = [t for t in texts if "check_cluster FAILED" in t]
+    assert len(fail) == 1 and "drain sim_node_0: GPU 5 (0000:ab:00.0) has 3 uncorrectable ECC " \
+        "errors since the driver loaded" in fail[0], texts
+    assert "*Node*: sim_node_0" in fail[0]

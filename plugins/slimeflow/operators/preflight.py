@@ -85,7 +85,7 @@ class CheckClusterOperator(SlimeOperator):
     """Judge all probes; check shared storage. XCom: facts for the later steps."""
 
     def work(self, cfg, context):
-        from slimeflow.cluster import judge
+        from slimeflow.cluster import ClusterError, judge
 
         probes = {p["node"]: p for p in self.probes(context)}
         missing = [n for n in cfg.cluster.nodes if n not in probes]
@@ -96,13 +96,18 @@ class CheckClusterOperator(SlimeOperator):
         present = self.present_bytes(cfg)
         record = self.read_record(cfg, builders.submission_id(context["dag"].dag_id,
                                                              context["run_id"]))
-        facts = judge(cfg, probes, shared, present, ray_is_ours=self.ray_is_ours(probes, record))
+        try:
+            facts = judge(cfg, probes, shared, present,
+                          ray_is_ours=self.ray_is_ours(probes, record))
+        except ClusterError as e:
+            self.report_health(getattr(e, "health", None) or {}, context, refused=True)
+            raise
         self.report_health(facts["health"], context)
         facts["start"] = self.start_point(cfg, record)
         self.log.info("cluster OK: %s", facts)
         return facts
 
-    def report_health(self, health: dict, context) -> None:
+    def report_health(self, health: dict, context, refused: bool = False) -> None:
         """The warn findings go to on-call at once (the run goes on); info ones to the log."""
         from slimeflow.notifiers.callbacks import health_alert
 
@@ -115,7 +120,7 @@ class CheckClusterOperator(SlimeOperator):
                              task_id=self.task_id, node=text.split(":", 1)[0], text=text)
             except Exception as e:  # an alert problem must never stop the run
                 self.log.warning("GPU health alert could not be sent: %s", e)
-        if not (health.get("warn") or health.get("info")):
+        if not (refused or health.get("warn") or health.get("info")):
             self.log.info("GPU health: every check passed on every node")
 
     @staticmethod
