@@ -175,3 +175,23 @@ def test_one_run_gets_its_note_and_each_failed_task_its_own(monkeypatch):
                         "slimeflow: FAILED in check_cluster: node gpu1 has no GPU.",
                         {("check_cluster", -1): "slimeflow: node gpu1 has no GPU.",
                          ("teardown", -1): "slimeflow: teardown could not reach node(s) gpu1."})]
+
+
+def test_a_log_that_does_not_say_yet_why_the_task_failed_is_read_again(monkeypatch):
+    """Marked failed by a user: the task is failed a moment before the triggerer logs the
+    cancel, so the first read finds no cause and must not be the one kept."""
+    logs = [[], messages(TRAIN_CANCELLED)]
+    monkeypatch.setattr(runs, "_STORIES", {})
+    monkeypatch.setattr(runs, "read_story", lambda *a: runs.log_story(logs.pop(0)))
+    key = ("d", "r", "train", -1, 1)
+    assert not runs._story(*key)["cancelled"]
+    assert runs._story(*key)["cancelled"]
+    assert runs._story(*key)["cancelled"] and logs == []  # kept now: no third read
+    # while the run goes on, no note is written for a failure without a cause yet
+    written = []
+    monkeypatch.setattr(runs, "cached_view", lambda *a: {"state": "running", "progress": {}})
+    monkeypatch.setattr(runs, "run_failures", lambda d, r: ([
+        {"task_id": "train", "map_index": -1, "cancelled": False, "error": None}], None))
+    monkeypatch.setattr(runs, "write_notes", lambda *a: written.append(a) or 0)
+    runs._note_run("d", "r", "running", {})
+    assert written[0][3] == {}

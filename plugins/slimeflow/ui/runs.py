@@ -210,14 +210,19 @@ def read_story(dag_id: str, run_id: str, task_id: str, map_index: int) -> dict:
         return log_story(stream)
 
 
-def _story(dag_id, run_id, task_id, map_index, try_number) -> dict:
-    """read_story, once per ended try."""
+def _story(dag_id, run_id, task_id, map_index, try_number, final=False) -> dict:
+    """read_story, kept once it says how the try ended (an error or a cancel) or `final` (the
+    try's log is complete). A task marked failed by a user is failed before its log says so:
+    the triggerer writes its cancel line after the state changed, so such a log is read again."""
     key = (dag_id, run_id, task_id, map_index, try_number)
-    if key not in _STORIES:
+    if key in _STORIES:
+        return _STORIES[key]
+    story = read_story(dag_id, run_id, task_id, map_index)
+    if final or story["error"] or story["cancelled"]:
         if len(_STORIES) > 500:
             _STORIES.clear()
-        _STORIES[key] = read_story(dag_id, run_id, task_id, map_index)
-    return _STORIES[key]
+        _STORIES[key] = story
+    return story
 
 
 def _label(task_id: str, map_index) -> str:
@@ -250,7 +255,7 @@ def run_failures(dag_id: str, run_id: str) -> tuple[list, dict | None]:
         map_index, try_number, state = teardown
         td = {"state": state}
         if state in ("success", "failed"):
-            td.update(_story(dag_id, run_id, "teardown", map_index, try_number))
+            td.update(_story(dag_id, run_id, "teardown", map_index, try_number, final=True))
     return out, td
 
 
@@ -357,7 +362,9 @@ def _note_run(dag_id, run_id, state, conf) -> int:
     instances' notes. Returns how many notes changed."""
     view = cached_view(dag_id, run_id, state, conf)
     failures, teardown = run_failures(dag_id, run_id)
-    ti_notes = {(f["task_id"], f["map_index"]): ti_note_for(f, view) for f in failures}
+    # while the run goes on, a failed task whose log does not say why yet waits for a later round
+    ti_notes = {(f["task_id"], f["map_index"]): ti_note_for(f, view) for f in failures
+                if state != "running" or f.get("error") or f.get("cancelled")}
     return write_notes(dag_id, run_id, note_for(dict(view, failures=failures,
                                                      teardown=teardown)), ti_notes)
 
