@@ -66,7 +66,7 @@ class Browser:
     def goto(self, url: str):
         self.call("Page.navigate", url=url)
 
-    def wait_text(self, *needles, timeout=30.0) -> str:
+    def wait_text(self, *needles, timeout=60.0) -> str:
         end = time.time() + timeout
         text = ""
         while time.time() < end:
@@ -76,11 +76,75 @@ class Browser:
             time.sleep(0.3)
         raise AssertionError(f"page never showed {needles!r}; it shows:\n{text[:2000]}")
 
-    def click_button(self, label: str) -> bool:
-        return bool(self.eval(
-            "(() => { const b = [...document.querySelectorAll('button')]"
-            f".find(b => b.innerText.trim() === {json.dumps(label)}); "
-            "if (b) { b.click(); return true; } return false; })()"))
+    def wait_js(self, expr: str, timeout=30.0, what: str | None = None):
+        """The value of a JS expression once it is truthy."""
+        end = time.time() + timeout
+        while time.time() < end:
+            got = self.eval(f"(() => {{ try {{ return {expr}; }} catch (e) {{ return null; }} }})()")
+            if got:
+                return got
+            time.sleep(0.3)
+        text = self.eval("document.body ? document.body.innerText : ''") or ""
+        raise AssertionError(f"page never had {what or expr}; it shows:\n{text[:2000]}")
+
+    # what a user does: real mouse clicks and typed text (Input.* events, as from a person),
+    # on elements found the way a person finds them (a button's text, a field's label)
+
+    @staticmethod
+    def button(label: str) -> str:
+        """JS for the visible button whose text (or aria-label) is `label`."""
+        return ("[...document.querySelectorAll('button, [role=menuitem]')].find(b => "
+                f"(b.innerText.trim() === {json.dumps(label)} || "
+                f"b.getAttribute('aria-label') === {json.dumps(label)}) && "
+                "b.getClientRects().length && !b.disabled)")
+
+    @staticmethod
+    def field(label: str) -> str:
+        """JS for the input or textarea of the form field labelled `label` (required fields'
+        asterisk ignored)."""
+        return ("(() => { const l = [...document.querySelectorAll('label')].find(l => "
+                f"l.innerText.replace('*', '').trim() === {json.dumps(label)}); "
+                "if (!l) return null; const own = document.getElementById(l.htmlFor); "
+                "if (own && own.type !== 'hidden' && own.matches('input, textarea')) return own; "
+                "let root = l.parentElement; const sel = 'input:not([type=hidden]), textarea'; "
+                "while (root && !root.querySelector(sel)) root = root.parentElement; "
+                "return root && root.querySelector(sel); })()")
+
+    def click(self, element: str, timeout=60.0, what: str | None = None):
+        """Wait for the element (a JS expression), scroll it into view and click its middle
+        with the mouse."""
+        box = self.wait_js(
+            f"(() => {{ const e = {element}; if (!e) return null; "
+            "e.scrollIntoView({block: 'center', inline: 'center'}); "
+            "const r = e.getBoundingClientRect(); "
+            "return r.width && r.height ? [r.x + r.width / 2, r.y + r.height / 2] : null; })()",
+            timeout, what or element)
+        x, y = box
+        self.call("Input.dispatchMouseEvent", type="mouseMoved", x=x, y=y)
+        for kind in ("mousePressed", "mouseReleased"):
+            self.call("Input.dispatchMouseEvent", type=kind, x=x, y=y, button="left",
+                      clickCount=1)
+
+    def click_button(self, label: str, timeout=60.0):
+        self.click(self.button(label), timeout, f"a {label!r} button")
+
+    def fill(self, label: str, text: str, timeout=60.0):
+        """Click into the field labelled `label`, select what is there and type `text`."""
+        el = self.field(label)
+        self.click(el, timeout, f"a field labelled {label!r}")
+        self.eval(f"(() => {{ const e = {el}; e.select(); }})()")
+        self.call("Input.insertText", text=text)
+
+    def value(self, label: str):
+        return self.eval(f"(() => {{ const e = {self.field(label)}; return e && e.value; }})()")
+
+    def press(self, key: str, code: int):
+        for kind in ("keyDown", "keyUp"):
+            self.call("Input.dispatchKeyEvent", type=kind, key=key, code=key,
+                      windowsVirtualKeyCode=code)
+
+    def url(self) -> str:
+        return self.eval("location.href") or ""
 
     def screenshot(self, path: Path) -> bytes:
         data = base64.b64decode(self.call("Page.captureScreenshot", format="png")["data"])
