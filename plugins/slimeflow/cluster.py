@@ -223,10 +223,8 @@ def judge(cfg: RunConfig, probes: dict, storage_shared, present: dict | None = N
                 problems.append(f["text"])
             else:
                 health[f["grade"]].append(f["text"])
-        xid = (h or {}).get("xid") or {}
-        times = [e["t"] for e in xid.get("events") or [] if isinstance(e.get("t"), (int, float))]
-        if xid.get("readable"):  # the trigger alerts on Xids newer than this
-            health["marks"][node] = max(times) if times else (h or {}).get("uptime")
+        if ((h or {}).get("xid") or {}).get("readable"):  # the trigger alerts on newer Xids
+            health["marks"][node] = h.get("uptime")
     from slimeflow.hooks.ray import foreign_ray
 
     running = [n for n in nodes if (probes[n].get("ray_local") or {}).get("running")]

@@ -71,7 +71,7 @@ class TrainOperator(SlimeOperator):
             latest = fsops("latest-checkpoint", "--dir", cfg.paths.save_dir)
             return self.defer_to_trigger(cfg, base_id, sub_id, latest["iteration"],
                                          (last or {}).get("start_iteration", latest["iteration"]),
-                                         context)
+                                         context, facts)
         if status == "SUCCEEDED":
             self.log.info("[%s] job %s already succeeded", head, sub_id)
             self.update_attempt(cfg, base_id, sub_id, final="SUCCEEDED")
@@ -114,11 +114,11 @@ class TrainOperator(SlimeOperator):
         ray.submit(sub_id, facts)
         self._submitted = sub_id
         self.update_attempt(cfg, base_id, sub_id, submitted=True)
-        return self.defer_to_trigger(cfg, base_id, sub_id, it, it, context)
+        return self.defer_to_trigger(cfg, base_id, sub_id, it, it, context, facts)
 
     # -- deferral -----------------------------------------------------------------------------
 
-    def defer_to_trigger(self, cfg, base_id, sub_id, iteration, start_iteration, context):
+    def defer_to_trigger(self, cfg, base_id, sub_id, iteration, start_iteration, context, facts):
         from slimeflow.triggers.train_job import TrainJobTrigger
 
         head = cfg.cluster.head
@@ -137,7 +137,7 @@ class TrainOperator(SlimeOperator):
             lease_stale=cfg.train.lease_stale_s if self._lease_run else None,
             hang_timeout=cfg.train.hang_timeout_s,
             health_interval=GPU_SAMPLE_POLLS * cfg.train.poll_interval,
-            xid_marks=((self.facts(context).get("health") or {}).get("marks") or {}),
+            xid_marks=(facts.get("health") or {}).get("marks") or {},
             run_ref={"dag_id": context["dag"].dag_id, "run_id": context["run_id"]})
         self.log.info("[%s] deferring: the triggerer follows job %s every %ss (stall timeout "
                       "%.0fs, unreachable timeout %.0fs); progress in %s", head, sub_id,

@@ -520,15 +520,13 @@ class TrainJobTrigger(BaseTrigger):
         """Every health_interval s: sample every node's GPUs at once, alert on new ECC errors,
         Xids and idle nodes, log a summary per node now and then. Returns the hang sentence
         once the NCCL-hang signature has outlasted hang_timeout, else None."""
-        from slimeflow.utils.gpuwatch import GpuWatch
+        from slimeflow.utils.gpuwatch import IDLE_SAMPLES, GpuWatch
 
         now = time.time()
         if self._gpu_sampled_at is not None and now - self._gpu_sampled_at < self.health_interval:
             return None
         self._gpu_sampled_at = now
         if self._watch is None:
-            from slimeflow.utils.gpuwatch import IDLE_SAMPLES
-
             self._watch = GpuWatch(self.nodes, self.hang_timeout, st.get("gpu"),
                                    idle_after=IDLE_SAMPLES * self.health_interval)
             for n, mark in self.xid_marks.items():

@@ -22,7 +22,7 @@ HANG_UTIL = 90.0         # % utilization that a spinning NCCL kernel shows
 HANG_POWER_FRACTION = 0.3  # ... while drawing under this fraction of the power limit
 IDLE_UTIL = 5.0          # % at or under which a GPU counts as idle
 BUSY_UTIL = 50.0         # % mean over a node's GPUs at which that node counts as training
-IDLE_SAMPLES = 3         # idle for this many samples in a row while others train: named
+IDLE_SAMPLES = 3         # idle this many sample intervals while others train: named
 
 
 def node_summary(sample: dict) -> dict:
@@ -152,7 +152,7 @@ class GpuWatch:
         if after is None:
             # the first sample: the mark check_cluster took is missing; older events were judged
             # by preflight, so only the cursor moves
-            self.xid_after[node] = max(times) if times else (s.get("uptime") or 0.0)
+            self.xid_after[node] = s.get("uptime") or max(times, default=0.0)
             return 0
         for e in events:
             name, grade, todo = XIDS.get(e.get("xid"), (None, "warn", "look it up in NVIDIA's "
