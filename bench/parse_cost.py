@@ -22,7 +22,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,21 +30,20 @@ PY = str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv" / "bin" / "python
 
 CHILD = r"""
 import json, sys, time
-t0 = time.perf_counter()
 from airflow.dag_processing.dagbag import DagBag
 import airflow.sdk
 from airflow.sdk import DAG, Param
 from airflow.providers.standard.operators.empty import EmptyOperator
 DagBag(dag_folder=sys.argv[2])
-t1 = time.perf_counter()
 mods = set(sys.modules)
+t1 = time.perf_counter()
 bag = DagBag(dag_folder=sys.argv[1])
 t2 = time.perf_counter()
 if bag.import_errors:
     raise SystemExit(json.dumps(bag.import_errors))
 new = sorted(set(sys.modules) - mods)
 print(json.dumps({"dags": len(bag.dags), "tasks": sum(len(d.tasks) for d in bag.dags.values()),
-                  "warm_s": t1 - t0, "parse_s": t2 - t1, "new_modules": new}))
+                  "parse_s": t2 - t1, "new_modules": new}))
 """
 
 WARMUP = '''from datetime import datetime
@@ -74,7 +72,7 @@ with DAG(dag_id={dag_id!r}, params={{k: Param(v, **s) for k, (v, s) in PARAMS.it
 '''
 
 
-def write_stock(folder: Path, env: dict) -> int:
+def write_stock(folder: Path, env: dict) -> None:
     """One stock file per DAG of ours, generated from the parsed DAGs themselves."""
     script = r"""
 import json, sys
@@ -94,11 +92,9 @@ print(json.dumps(out))
         raise SystemExit(f"could not read dags/ to size the baseline:\n{res.stderr[-3000:]}")
     dags = json.loads(res.stdout.strip().splitlines()[-1])
     for d in dags:
-        params = {k: tuple(v) for k, v in d["params"].items()}
-        tasks = {k: tuple(v) for k, v in d["tasks"].items()}
         (folder / f"stock_{d['dag_id']}.py").write_text(STOCK.format(
-            dag_id=d["dag_id"], params=params, tasks=tasks, doc=d["doc"], tags=d["tags"]))
-    return len(dags)
+            dag_id=d["dag_id"], params=d["params"], tasks=d["tasks"], doc=d["doc"],
+            tags=d["tags"]))
 
 
 def sample(folder: Path, warm: Path, env: dict) -> dict:
@@ -143,7 +139,9 @@ def main(argv=None) -> int:
           f"samples {[round(r['parse_s'] * 1000, 1) for r in rows['ours']]}")
     print(f"  stock: {s['dags']} DAGs, {s['tasks']} tasks  {med['stock'] * 1000:7.1f} ms  "
           f"samples {[round(r['parse_s'] * 1000, 1) for r in rows['stock']]}")
-    extra = sorted(set(o["new_modules"]) - set(s["new_modules"]))
+    # the DagBag names each file's module after its path: those differ by construction
+    extra = sorted(m for m in set(o["new_modules"]) - set(s["new_modules"])
+                   if not m.startswith("unusual_prefix_"))
     foreign = [m for m in extra if not m.startswith("slimeflow")]
     print(f"  modules imported beyond the stock parse: {len(extra)} "
           f"({len(foreign)} not slimeflow's)")
