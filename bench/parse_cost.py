@@ -12,6 +12,11 @@ The baseline folder is generated from our own DAGs: per DAG one file with the sa
 same tasks and dependencies, the same Params with the same schemas, titles and descriptions, the
 same doc_md and tags, all built from EmptyOperators with no package of ours imported. The folders
 alternate sample by sample so machine noise hits both alike. Goal: ratio <= 1.5x (median).
+
+Both folders parse with bytecode caches (in a temporary PYTHONPYCACHEPREFIX, written by the
+untimed first sample), as Python runs by default and as a dag-processor re-parses a file it has
+seen. `--no-bytecode` compiles every module from source in every sample instead, as under
+PYTHONDONTWRITEBYTECODE=1 (which this machine's environment sets).
 """
 from __future__ import annotations
 
@@ -109,6 +114,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--json", action="store_true", help="also print the medians as JSON")
+    ap.add_argument("--no-bytecode", action="store_true",
+                    help="compile every module from source in every sample (no .pyc caches)")
     ap.add_argument("--modules", action="store_true",
                     help="list the modules parsing our DAGs imports beyond the stock ones")
     args = ap.parse_args(argv)
@@ -122,7 +129,12 @@ def main(argv=None) -> int:
                    AIRFLOW__CORE__UNIT_TEST_MODE="False",
                    AIRFLOW__LOGGING__LOGGING_LEVEL="WARNING",
                    PYTHONPATH=os.pathsep.join([str(ROOT / "plugins"), str(ROOT)]))
-        env.pop("SLIMEFLOW_NO_VARIABLES", None)
+        env.pop("SLIMEFLOW_PARSE_VARIABLES", None)  # the default deployment: no Variable reads
+        if args.no_bytecode:
+            env["PYTHONDONTWRITEBYTECODE"] = "1"
+        else:
+            env.pop("PYTHONDONTWRITEBYTECODE", None)
+            env["PYTHONPYCACHEPREFIX"] = str(tmp / "pycache")  # nothing written into the repo
         write_stock(stock, env)
         ours = ROOT / "dags"
         sample(ours, warm, env), sample(stock, warm, env)  # page cache and .pyc files
@@ -134,7 +146,8 @@ def main(argv=None) -> int:
     ratio = med["ours"] / med["stock"]
     o, s = rows["ours"][0], rows["stock"][0]
     print(f"P1 parse cost: DagBag fill after common imports, median of {args.runs} fresh "
-          f"processes each (alternating)")
+          f"processes each (alternating), "
+          f"{'no bytecode caches' if args.no_bytecode else 'with bytecode caches'}")
     print(f"  ours : {o['dags']} DAGs, {o['tasks']} tasks  {med['ours'] * 1000:7.1f} ms  "
           f"samples {[round(r['parse_s'] * 1000, 1) for r in rows['ours']]}")
     print(f"  stock: {s['dags']} DAGs, {s['tasks']} tasks  {med['stock'] * 1000:7.1f} ms  "

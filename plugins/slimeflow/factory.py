@@ -47,7 +47,8 @@ def build_dag(recipe_name: str):
     from airflow.providers.standard.operators.empty import EmptyOperator
 
     from slimeflow.operators.convert import ConvertOperator
-    from slimeflow.operators.download import CheckModelConfigOperator, DownloadOperator
+    from slimeflow.operators.download import (CheckModelConfigOperator, DownloadDatasetsOperator,
+                                             DownloadModelOperator)
     from slimeflow.operators.patch import DecidePatchOperator, PatchFlaOperator
     from slimeflow.operators.preflight import CheckClusterOperator, PreflightOperator
     from slimeflow.operators.teardown import TeardownOperator
@@ -68,33 +69,32 @@ def build_dag(recipe_name: str):
         catchup=False,
         max_active_runs=1,
         deadline=operations.deadline(recipe),
-        doc_md=_doc_md(recipe) + operations.doc_sections(recipe),
+        doc_md=_doc_md(recipe) + operations.doc_sections(recipe, schedule),
         tags=["slime", "rl", recipe.name],
         default_args={"owner": "ml-platform", "retries": 0,
                       "retry_delay": timedelta(minutes=2),
                       "on_failure_callback": on_failure, "on_retry_callback": on_retry},
         render_template_as_native_obj=True,
     ) as dag:
-        common = {"recipe": recipe.name}
-        validate = ValidateParamsOperator(task_id="validate_params", **common)
+        validate = ValidateParamsOperator(task_id="validate_params")
         preflight = PreflightOperator.partial(task_id="preflight",
-                                              doc_md=TASK_DOCS["preflight"], **common).expand(
+                                              doc_md=TASK_DOCS["preflight"]).expand(
             node=XComArg(validate))
-        check = CheckClusterOperator(task_id="check_cluster", **common)
-        dl_model = DownloadOperator(task_id="download_model", what="model", **common)
-        dl_data = DownloadOperator(task_id="download_datasets", what="datasets", **common)
-        model_cfg = CheckModelConfigOperator(task_id="check_model_config", **common)
+        check = CheckClusterOperator(task_id="check_cluster")
+        dl_model = DownloadModelOperator(task_id="download_model")
+        dl_data = DownloadDatasetsOperator(task_id="download_datasets")
+        model_cfg = CheckModelConfigOperator(task_id="check_model_config")
 
         branch = DecidePatchOperator(task_id="decide_patch")
-        patch = PatchFlaOperator(task_id="patch_fla", **common)
+        patch = PatchFlaOperator(task_id="patch_fla")
         skip = EmptyOperator(task_id="skip_patch_fla")
         fla_ready = EmptyOperator(task_id="fla_ready",
                                   trigger_rule="none_failed_min_one_success")
-        convert = ConvertOperator(task_id="convert", **common)
+        convert = ConvertOperator(task_id="convert")
         train = TrainOperator(task_id="train", outlets=[operations.checkpoint_asset(recipe)],
-                              post_execute=operations.publish_checkpoint, **common)
+                              post_execute=operations.publish_checkpoint)
         train.operator_extra_links = (RayDashboardLink(), WandbRunLink())
-        teardown = TeardownOperator(task_id="teardown", **common)
+        teardown = TeardownOperator(task_id="teardown")
 
         validate >> preflight >> check >> [dl_model, dl_data, branch]
         dl_model >> model_cfg

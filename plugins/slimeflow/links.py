@@ -129,12 +129,29 @@ def wandb_args(recipe_name: str, params: dict) -> dict | None:
             "project": flag("--wandb-project", "slime"), "group": flag("--wandb-group")}
 
 
+def _recipe(operator, ti_key) -> str:
+    """The task's recipe; the API server holds only the serialized task, which does not carry it,
+    so it is found from the DAG id there."""
+    try:
+        name = getattr(operator, "recipe", None)
+    except Exception:  # a SlimeOperator outside its DAG
+        name = None
+    if name:
+        return name
+    try:
+        from slimeflow.recipes import recipe_for_dag
+
+        return recipe_for_dag(ti_key.dag_id)
+    except Exception:
+        return ""
+
+
 class WandbRunLink(BaseOperatorLink):
     name = "W&B run"
 
     def get_link(self, operator, *, ti_key) -> str:
         params, ids = _context(ti_key)
-        args = wandb_args(getattr(operator, "recipe", ""), params)
+        args = wandb_args(_recipe(operator, ti_key), params)
         if args is None:
             return ""
         try:

@@ -1,13 +1,19 @@
-"""Operations settings of a recipe's DAG: schedule, assets, deadline (read at parse time).
+"""Operations settings of a recipe's DAG: schedule, assets, deadline.
 
-Each setting is read from the environment first, then from an Airflow Variable, so a deployment
-can set it in docker-compose.yaml or change it in the UI (Admin > Variables):
+Each setting is read from the environment, so a deployment sets it in docker-compose.yaml:
 
 | setting                       | environment                                | Variable                                   |
 |-------------------------------|--------------------------------------------|--------------------------------------------|
 | cron schedule                 | SLIMEFLOW_SCHEDULE_<DAG_ID_UPPER>          | slimeflow_schedule_<dag_id>                |
 | retrain when data lands       | SLIMEFLOW_DATA_ASSET_<DAG_ID_UPPER>        | slimeflow_data_asset_<dag_id>              |
 | run deadline (hours)          | SLIMEFLOW_EXPECTED_HOURS_<DAG_ID_UPPER>    | slimeflow_expected_hours_<dag_id>          |
+
+The Variable column is the fallback when the environment does not set it. At run time (the
+deadline `train` watches) it is always consulted. At parse time (schedule, data asset) only with
+SLIMEFLOW_PARSE_VARIABLES=on, so they can be changed in the UI (Admin > Variables): each
+Variable read at parse is a round trip from the dag-processor to the API server for every DAG
+file on every re-parse (30 s), and loads the task supervisor into the parse, which is what
+Airflow's best practices warn about.
 
 Defaults: no schedule (runs start from the UI or the REST API), deadline = the recipe's
 `expected_hours`.
@@ -17,15 +23,23 @@ from __future__ import annotations
 import os
 from datetime import timedelta
 
-CHECKPOINT_URI = "slimeflow://checkpoints/{recipe}"
+# "x-": Airflow's mark of a private URI scheme. Airflow then skips looking for the scheme's
+# normalizer, which loads every provider's asset handlers into each DAG file's parse.
+CHECKPOINT_URI = "x-slimeflow://checkpoints/{recipe}"
 
 
-def setting(dag_id: str, name: str):
-    """SLIMEFLOW_<NAME>_<DAG_ID_UPPER> from the environment, else Variable slimeflow_<name>_<dag_id>."""
+def parse_variables() -> bool:
+    return os.environ.get("SLIMEFLOW_PARSE_VARIABLES", "").strip().lower() in ("on", "1", "true",
+                                                                                "yes")
+
+
+def setting(dag_id: str, name: str, *, at_parse: bool = True):
+    """SLIMEFLOW_<NAME>_<DAG_ID_UPPER> from the environment, else Variable slimeflow_<name>_<dag_id>
+    (at parse time only when SLIMEFLOW_PARSE_VARIABLES is on: see the module docstring)."""
     raw = os.environ.get(f"SLIMEFLOW_{name.upper()}_{dag_id.upper()}")
     if raw is not None:
         return raw.strip() or None
-    if os.environ.get("SLIMEFLOW_NO_VARIABLES"):  # parse without a metadata DB (unit tests)
+    if at_parse and not parse_variables():
         return None
     try:
         from airflow.sdk import Variable
@@ -66,8 +80,8 @@ def schedule(recipe):
     return AssetOrTimeSchedule(timetable=CronTriggerTimetable(cron, timezone="UTC"), assets=cond)
 
 
-def expected_hours(recipe) -> float:
-    raw = setting(recipe.dag_id, "expected_hours")
+def expected_hours(recipe, *, at_parse: bool = True) -> float:
+    raw = setting(recipe.dag_id, "expected_hours", at_parse=at_parse)
     if raw:
         try:
             value = float(raw)
@@ -113,18 +127,18 @@ def publish_checkpoint(context, result):
         return
     extra = {k: result.get(k) for k in ("save_dir", "iteration", "path")}
     for outlet in getattr(context["task"], "outlets", None) or ():
-        if getattr(outlet, "uri", "").startswith("slimeflow://checkpoints/"):
+        if getattr(outlet, "uri", "").startswith("x-slimeflow://checkpoints/"):
             context["outlet_events"][outlet].extra = extra
 
 
-def doc_sections(recipe) -> str:
-    """The DAG page's doc_md beyond the pipeline summary: params, nodes, operations."""
+def doc_sections(recipe, sched) -> str:
+    """The DAG page's doc_md beyond the pipeline summary: params, nodes, operations (`sched`: the
+    DAG's schedule, read once by the factory)."""
     from slimeflow.params import param_specs
 
     rows = "\n".join(
         f"| `{name}` | {title} | `{_short(default)}` | {desc.replace('|', '/')} |"
         for name, (default, _schema, title, desc) in param_specs(recipe).items())
-    sched = schedule(recipe)
     hours = expected_hours(recipe)
     env = recipe.dag_id.upper()
     return f"""
@@ -147,8 +161,8 @@ Deployment-wide defaults: environment `SLIMEFLOW_DEFAULT_<PARAM>` (JSON), e.g.
 
 ## Operations
 - **Schedule**: `{sched or 'none (manual or REST triggers only)'}`. Set a cron with
-  `SLIMEFLOW_SCHEDULE_{env}` or the Variable `slimeflow_schedule_{recipe.dag_id}`
-  (weekly retraining: `0 3 * * 1`, Mondays 03:00 UTC); retrain when data lands with
+  `SLIMEFLOW_SCHEDULE_{env}` (or the Variable `slimeflow_schedule_{recipe.dag_id}` with
+  `SLIMEFLOW_PARSE_VARIABLES=on`) (weekly retraining: `0 3 * * 1`, Mondays 03:00 UTC); retrain when data lands with
   `SLIMEFLOW_DATA_ASSET_{env}` / Variable `slimeflow_data_asset_{recipe.dag_id}` naming the
   dataset's asset URI. catchup is off and only one run is active at a time.
 - **Checkpoint asset**: `train` updates `{CHECKPOINT_URI.format(recipe=recipe.name)}`; each event

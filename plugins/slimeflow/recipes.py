@@ -135,5 +135,15 @@ def load_recipe(name: str) -> Recipe:
         return parse_recipe(yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)))
 
 
+def recipe_for_dag(dag_id: str) -> str:
+    """The recipe whose DAG this is (the factory gives each DAG its recipe's dag_id)."""
+    for name in recipe_names():
+        if load_recipe(name).dag_id == dag_id:
+            return name
+    raise ValueError(f"DAG {dag_id!r} is not a slimeflow recipe DAG (known: "
+                     f"{', '.join(load_recipe(n).dag_id for n in recipe_names())}); build it with "
+                     f"slimeflow.factory.build_dag(<recipe>) so its tasks know their recipe.")
+
+
 def recipe_names() -> list:
     return sorted(p.stem for p in (include_dir() / "recipes").glob("*.yaml"))

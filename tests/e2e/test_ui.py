@@ -285,7 +285,7 @@ def test_login_then_a_run_triggered_from_the_form_reaches_its_checkpoint(stack, 
     # the checkpoint Asset got an event carrying the path
     events = api.get("/api/v2/assets/events?source_dag_id=" + DAG)["asset_events"]
     ours = [e for e in events if e["source_run_id"] == run_id]
-    assert ours and ours[0]["uri"] == "slimeflow://checkpoints/qwen3-next-80b-a3b"
+    assert ours and ours[0]["uri"] == "x-slimeflow://checkpoints/qwen3-next-80b-a3b"
     assert ours[0]["extra"]["path"] == ckpt["path"] and ours[0]["extra"]["iteration"] == 3
 
     # the extra link on train, from the configured template

@@ -50,7 +50,9 @@ def operator(cls=None, **kw):
     from slimeflow.operators.preflight import PreflightOperator
 
     cls = cls or PreflightOperator
-    return cls(task_id=f"t{os.urandom(3).hex()}", recipe=RECIPE, **kw)
+    op = cls(task_id=f"t{os.urandom(3).hex()}", **kw)
+    op.recipe = RECIPE  # outside a DAG: no DAG to take the recipe from
+    return op
 
 
 def probe(c, i=0, cfg=None):
@@ -177,10 +179,10 @@ def test_read_only_base_folder(cluster):
 
 
 def _download(cluster, i, token_env, expect_files):
-    from slimeflow.operators.download import DownloadOperator
+    from slimeflow.operators.download import DownloadModelOperator
 
     cfg = config(cluster, i)
-    op = operator(DownloadOperator, what="model")
+    op = operator(DownloadModelOperator)
     try:
         op.ensure_bundle(cfg, cfg.cluster.head)
         return cfg, op.ensure(cfg, cfg.cluster.head, "model", MODEL, "main",

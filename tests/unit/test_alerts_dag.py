@@ -27,7 +27,7 @@ def test_callbacks_deadline_asset_and_links(monkeypatch):
     assert dl.interval.total_seconds() == 72 * 3600
     assert dl.callback.path == "slimeflow.notifiers.callbacks.deadline_missed"
     train = dag.get_task("train")
-    assert [o.uri for o in train.outlets] == ["slimeflow://checkpoints/qwen3-next-80b-a3b"]
+    assert [o.uri for o in train.outlets] == ["x-slimeflow://checkpoints/qwen3-next-80b-a3b"]
     assert {l.name for l in train.operator_extra_links} == {"Ray dashboard", "W&B run"}
     for section in ("## Params", "## Adding nodes", "## Operations", "`grad_reduce_in_bf16`",
                     "0 3 * * 1"):
@@ -53,6 +53,19 @@ def test_schedule_cron_data_asset_and_expected_hours_from_env(monkeypatch):
     # Airflow's DeadlineAlert is opt-in (3.3.2 breaks clearing tasks); the train trigger warns
     monkeypatch.setenv("SLIMEFLOW_DEADLINES", "off")
     assert _build(monkeypatch).deadline is None
+
+
+def test_schedule_from_a_variable_only_when_parse_variables_is_on(monkeypatch):
+    # a real Variable, through Airflow's environment-variable secrets backend
+    monkeypatch.setenv(f"AIRFLOW_VAR_SLIMEFLOW_SCHEDULE_{DAG.upper()}", "0 4 * * *")
+    monkeypatch.delenv("SLIMEFLOW_PARSE_VARIABLES", raising=False)
+    assert _build(monkeypatch).schedule is None
+    dag = _build(monkeypatch, SLIMEFLOW_PARSE_VARIABLES="on")
+    assert dag.timetable.expression == "0 4 * * *"
+    assert "`SLIMEFLOW_PARSE_VARIABLES=on`" in dag.doc_md
+    # the environment still wins over the Variable
+    dag = _build(monkeypatch, **{f"SLIMEFLOW_SCHEDULE_{DAG.upper()}": "0 5 * * *"})
+    assert dag.timetable.expression == "0 5 * * *"
 
 
 def test_serialized_dag_keeps_links_outlets_and_deadline(monkeypatch):

@@ -254,7 +254,8 @@ def test_the_operators_on_kill_says_where_a_resume_starts(monkeypatch):
             logs.append(msg % a)
         info = warning
     monkeypatch.setattr(TrainOperator, "log", property(lambda self: Log()), raising=False)
-    op = TrainOperator(task_id="train", recipe="qwen3-4b")
+    op = TrainOperator(task_id="train")
+    op.recipe = "qwen3-4b"
     op._cfg = RunConfig.from_params("qwen3-4b", {"nodes": ["gpu0"], "base_folder": "/b"},
                                     hosts=["10.0.0.1"])
     op._submitted = "sid"

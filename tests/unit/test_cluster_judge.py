@@ -150,7 +150,9 @@ def test_the_runs_own_ray_is_left_for_train_to_reuse_or_restart():
 def _check_op(monkeypatch, iteration, record):
     from slimeflow.operators.preflight import CheckClusterOperator
 
-    op = CheckClusterOperator(task_id="check_cluster", recipe="qwen3-next-80b-a3b")
+    op = CheckClusterOperator(task_id="check_cluster")
+
+    op.recipe = "qwen3-next-80b-a3b"
     monkeypatch.setattr(op, "run_json", lambda c, step, **kw: {"iteration": iteration})
     return op, record
 

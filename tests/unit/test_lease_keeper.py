@@ -129,7 +129,8 @@ def test_keep_leases_refreshes_each_nodes_own_lease_on_that_node(monkeypatch):
             made.append(interval)
             super().__init__(beat, interval, log, stop=FakeStop(0))
     monkeypatch.setattr(leases_mod, "LeaseKeeper", Keeper)
-    op = convert_mod.ConvertOperator(task_id="convert", recipe="qwen3-4b")
+    op = convert_mod.ConvertOperator(task_id="convert")
+    op.recipe = "qwen3-4b"
     with op.keep_leases(_cfg(), CONTEXT) as k:
         pass
     assert made == [60.0] and k.beats == 1 and not k.lost  # 3 min stale -> every 60 s
@@ -152,7 +153,8 @@ def _recording_keeper(events):
 
 def test_convert_runs_the_converter_inside_keep_leases(monkeypatch):
     events = []
-    op = convert_mod.ConvertOperator(task_id="convert", recipe="qwen3-4b")
+    op = convert_mod.ConvertOperator(task_id="convert")
+    op.recipe = "qwen3-4b"
     monkeypatch.setattr(op, "keep_leases", _recording_keeper(events))
     answers = iter([{"state": "missing"}, {"state": "stale", "reason": "no manifest"}, {}])
     monkeypatch.setattr(op, "run_json", lambda cfg, step, **kw: next(answers))
@@ -169,7 +171,8 @@ def test_convert_runs_the_converter_inside_keep_leases(monkeypatch):
 
 def test_download_runs_hf_inside_keep_leases(monkeypatch):
     events = []
-    op = download_mod.DownloadOperator(task_id="download_model", what="model", recipe="qwen3-4b")
+    op = download_mod.DownloadModelOperator(task_id="download_model")
+    op.recipe = "qwen3-4b"
     monkeypatch.setattr(op, "keep_leases", _recording_keeper(events))
     monkeypatch.setattr(download_mod, "_hf_token_env", lambda: {})
     monkeypatch.setattr(op, "facts", lambda ctx: {"storage_shared": True})

@@ -539,7 +539,8 @@ def test_start_ray_fails_when_ray_stop_leaves_a_raylet(monkeypatch):
 
 def test_teardown_stops_ray_on_all_nodes_at_once_with_time_for_it(monkeypatch):
     cfg = _cfg(3)
-    op = TeardownOperator(task_id="teardown", recipe="qwen3-4b")
+    op = TeardownOperator(task_id="teardown")
+    op.recipe = "qwen3-4b"
     ctx = {"dag": SimpleNamespace(dag_id="d"), "run_id": "r"}
     barrier = threading.Barrier(3, timeout=30)  # passes only if the three run together
     stops = []
@@ -571,7 +572,8 @@ def test_teardown_never_stops_a_ray_this_run_did_not_start(monkeypatch, record):
     # preflight refused a node where someone else's Ray runs: the run has no record (or one
     # without ray_started), and teardown must leave that Ray running
     cfg = _cfg(2)
-    op = TeardownOperator(task_id="teardown", recipe="qwen3-4b")
+    op = TeardownOperator(task_id="teardown")
+    op.recipe = "qwen3-4b"
     rec = LogRecorder()
     monkeypatch.setattr(TeardownOperator, "log", property(lambda self: rec))
     ray_calls = []
@@ -601,7 +603,8 @@ def test_operator_on_kill_stops_ray_everywhere_at_once(monkeypatch):
             calls.append((self.node, step.argv[:3], "--no-wait" in step.argv, timeout))
             return Result(self.node, 0, "", "", [])
     monkeypatch.setattr(node_mod, "NodeHook", FakeHook)
-    op = TrainOperator(task_id="train", recipe="qwen3-4b")
+    op = TrainOperator(task_id="train")
+    op.recipe = "qwen3-4b"
     op._cfg, op._submitted = cfg, "sid"
     op.on_kill()
     assert calls[0] == ("gpu0", ["ray", "job", "stop"], True, 60)
@@ -640,7 +643,8 @@ def test_trigger_on_kill_gives_ray_stop_its_time_on_all_nodes_at_once(monkeypatc
 
 def test_a_failed_ray_stop_says_why_in_the_teardown_error(monkeypatch):
     cfg = _cfg(2)
-    op = TeardownOperator(task_id="teardown", recipe="qwen3-4b")
+    op = TeardownOperator(task_id="teardown")
+    op.recipe = "qwen3-4b"
     why = "runner: cannot chdir to /root/slime: No such file or directory"
 
     def run_step(c, step, **kw):

@@ -9,8 +9,11 @@ from urllib.parse import quote
 
 from airflow.sdk import BaseNotifier
 
-from slimeflow.notifiers import channels
-from slimeflow.notifiers.message import MAX_LINES, build_alert
+from slimeflow.utils.lazy import LazyModule
+
+# every DAG file imports this module for its callbacks; the alert code loads when one fires
+channels = LazyModule("slimeflow.notifiers.channels")
+message = LazyModule("slimeflow.notifiers.message")
 
 log = logging.getLogger("slimeflow.alerts")
 
@@ -116,10 +119,10 @@ class SlimeflowNotifier(BaseNotifier):
         node = getattr(task, "node", None)
         if not isinstance(node, str):
             node = None
-        alert, sig = build_alert(severity=self.severity, exception=exc,
+        alert, sig = message.build_alert(severity=self.severity, exception=exc,
                                  log_lines=_redact(log_lines), params=params, task_node=node,
                                  **f)
-        alert.lines = _redact(alert.lines)[-MAX_LINES:]
+        alert.lines = _redact(alert.lines)[-message.MAX_LINES:]
         return channels.deliver(alert, sig, context, logger=self.log)
 
 
@@ -134,7 +137,7 @@ def _deadline_alert(context: dict, recipe: str, expected_hours: float):
     conf = run.get("conf") or {}
     summary = (f"run {run_id} of {dag_id} (recipe {recipe}) started {started} and is still "
                f"{run.get('state', 'running')} after the expected {expected_hours:g} h")
-    alert, sig = build_alert(
+    alert, sig = message.build_alert(
         severity="deadline", dag_id=dag_id, run_id=run_id, task_id=None, params=conf,
         summary=summary, cause="deadline", log_url=f"{base_url()}/dags/{dag_id}/runs/"
                                                    f"{quote(run_id)}")
@@ -160,7 +163,7 @@ def health_alert(*, dag_id: str, run_id: str, task_id: str, node: str | None, te
     training): sent at once, the run goes on. In a task it is de-duplicated by its sentence, so
     a retry does not send it twice; the trigger passes dedupe=False (it writes no Variable) and
     keeps its own record of what it reported (utils/gpuwatch.py)."""
-    alert, _ = build_alert(severity="health", dag_id=dag_id, run_id=run_id, task_id=task_id,
+    alert, _ = message.build_alert(severity="health", dag_id=dag_id, run_id=run_id, task_id=task_id,
                            params={}, task_node=node, summary=text, cause="GPU health",
                            fix="read the sentence above: it names the node, the GPU and what "
                                "to do", log_url=log_url)

@@ -6,7 +6,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 from airflow.sdk import BaseOperator
 
-from slimeflow.config import RunConfig
+from slimeflow.utils.lazy import LazyModule
+
+builders = LazyModule("slimeflow.builders")
 
 
 def resolve_hosts(nodes) -> list:
@@ -20,14 +22,30 @@ class SlimeOperator(BaseOperator):
 
     ui_color = "#e8f1fb"
 
-    def __init__(self, *, recipe: str, **kwargs):
-        super().__init__(**kwargs)
-        self.recipe = recipe
-        self._hooks = {}
+    # No __init__ here on purpose: Airflow deep-copies the DAG's params once per __init__ level
+    # of an operator class at every parse, which made parsing twice as dear (docs/benchmarks.md,
+    # P1). So the recipe is the DAG's (the factory names each DAG after its recipe) and the hook
+    # cache is made on first use.
+
+    @property
+    def recipe(self) -> str:
+        from slimeflow.recipes import recipe_for_dag
+
+        return self.__dict__.get("_recipe") or recipe_for_dag(self.dag_id)
+
+    @recipe.setter
+    def recipe(self, name: str):  # an operator used outside its DAG (node tests, the CLI)
+        self.__dict__["_recipe"] = name
+
+    @property
+    def _hooks(self) -> dict:
+        return self.__dict__.setdefault("_hook_cache", {})
 
     # config and facts -------------------------------------------------------------------
 
     def run_config(self, context) -> RunConfig:
+        from slimeflow.config import RunConfig
+
         params = dict(context["params"])
         return RunConfig.from_params(self.recipe, params, hosts=resolve_hosts(params["nodes"]))
 
@@ -58,8 +76,6 @@ class SlimeOperator(BaseOperator):
     def ensure_bundle(self, cfg, node: str) -> bool:
         """Make sure this task's node scripts are on the node. Every task checks (one SFTP
         stat), so a deployment that changes include/ mid-run cannot leave a task without them."""
-        from slimeflow import builders
-
         key = ("bundle", node)
         if key not in self._hooks:
             self._hooks[key] = self.hook(node).upload_files(builders.node_bundle()[1],
@@ -67,8 +83,6 @@ class SlimeOperator(BaseOperator):
         return self._hooks[key]
 
     def run_step(self, cfg, step, **kwargs):
-        from slimeflow import builders
-
         self.ensure_bundle(cfg, step.node)
 
         self.log.info("[%s] $ %s%s", step.node, " ".join(step.argv[:12]),
@@ -85,7 +99,6 @@ class SlimeOperator(BaseOperator):
         before train's first attempt or when the file is unreadable."""
         import json
 
-        from slimeflow import builders
         from slimeflow.operators.train import record_path
 
         res = self.run_json(cfg, builders.node_script(cfg, cfg.cluster.head, "fsops.py",
@@ -115,7 +128,6 @@ class SlimeOperator(BaseOperator):
         Each node refreshes its own lease file (`lease.py heartbeat` there), so this holds
         with shared and with local storage. The beats use their own SSH connections: the
         task's connections are busy streaming the long step."""
-        from slimeflow import builders
         from slimeflow.hooks.node import NodeHook
         from slimeflow.leases import LeaseKeeper, heartbeat_interval
         from slimeflow.operators.train import lease_dir, lease_run_key

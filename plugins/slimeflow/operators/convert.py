@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import json
 
-from slimeflow import builders
+from slimeflow.utils.lazy import LazyModule
 from slimeflow.operators.base import SlimeOperator
+
+builders = LazyModule("slimeflow.builders")
 
 
 class ConvertOperator(SlimeOperator):

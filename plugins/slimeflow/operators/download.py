@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import json
 
-from slimeflow import builders
+from slimeflow.utils.lazy import LazyModule
 from slimeflow.operators.base import SlimeOperator
+
+builders = LazyModule("slimeflow.builders")
 
 
 class DownloadOperator(SlimeOperator):
@@ -15,11 +17,9 @@ class DownloadOperator(SlimeOperator):
     deleted with their metadata first, so `hf download` refetches exactly those.
     """
 
-    def __init__(self, *, what: str, **kwargs):
-        super().__init__(**kwargs)
-        if what not in ("model", "datasets"):
-            raise ValueError("what must be 'model' or 'datasets'")
-        self.what = what
+    # a class attribute, not an __init__ argument: each __init__ level of an operator makes
+    # Airflow deep-copy the DAG's params once more at every parse (docs/benchmarks.md, P1)
+    what = ""
 
     def work(self, cfg, context):
         facts = self.facts(context)
@@ -94,6 +94,14 @@ def _hf_failure(node, repo, res) -> str:
     return (f"node {node}: `hf download {repo}` failed with exit code {res.rc}; last output: "
             f"{' | '.join(res.tail[-6:])}")
 
+
+
+class DownloadModelOperator(DownloadOperator):
+    what = "model"
+
+
+class DownloadDatasetsOperator(DownloadOperator):
+    what = "datasets"
 
 class CheckModelConfigOperator(SlimeOperator):
     """Compare the recipe's model flags with config.json; XCom: the HF commit downloaded."""

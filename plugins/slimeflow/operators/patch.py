@@ -3,8 +3,10 @@ from __future__ import annotations
 
 from airflow.sdk import BaseBranchOperator
 
-from slimeflow import builders
+from slimeflow.utils.lazy import LazyModule
 from slimeflow.operators.base import SlimeOperator
+
+builders = LazyModule("slimeflow.builders")
 
 
 def choose_patch_branch(probes: list) -> str:

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import secrets
 
-from slimeflow import builders
+from slimeflow.utils.lazy import LazyModule
 from slimeflow.operators.base import SlimeOperator
+
+builders = LazyModule("slimeflow.builders")
 
 class PreflightOperator(SlimeOperator):
     """Upload include/node (SFTP) and run the probe; XCom: the probe's JSON."""

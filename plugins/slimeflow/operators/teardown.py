@@ -4,10 +4,12 @@ every node when this run never started Ray (its run record says so): that Ray is
 stop."""
 from __future__ import annotations
 
-from slimeflow import builders
-from slimeflow.hooks.ray import RayClusterHook, started_by_run
 from slimeflow.operators.base import SlimeOperator
 from slimeflow.operators.train import lease_dir, lease_run_key
+from slimeflow.utils.lazy import LazyModule
+
+builders = LazyModule("slimeflow.builders")
+ray_hook = LazyModule("slimeflow.hooks.ray")
 
 
 class TeardownOperator(SlimeOperator):
@@ -38,7 +40,7 @@ class TeardownOperator(SlimeOperator):
                              n, h)
         ours = [n for n in cfg.cluster.nodes if n not in foreign]
 
-        ray = RayClusterHook(cfg, self, self.log)
+        ray = ray_hook.RayClusterHook(cfg, self, self.log)
         try:
             record = self.read_record(cfg, base_id)
         except Exception as e:  # the head is down: its record cannot say, the leases can
@@ -47,7 +49,7 @@ class TeardownOperator(SlimeOperator):
             ours = [n for n in ours if holders.get(n) == run]
             record = {"ray_started": bool(ours), "attempts": []}
         rcs = {}
-        if not started_by_run(record):
+        if not ray_hook.started_by_run(record):
             # a run that failed before train started Ray (preflight refused a node where a
             # foreign Ray runs, say): whatever Ray runs on these nodes is not this run's
             self.log.info("[%s] nothing to stop: this run never started Ray on its nodes; "

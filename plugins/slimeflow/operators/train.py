@@ -4,9 +4,11 @@ from __future__ import annotations
 import json
 import time
 
-from slimeflow import builders
 from slimeflow.operators.base import SlimeOperator
-from slimeflow.hooks.ray import ACTIVE, RayError, ray_node_ips, started_by_run
+from slimeflow.utils.lazy import LazyModule
+
+builders = LazyModule("slimeflow.builders")
+ray_hook = LazyModule("slimeflow.hooks.ray")
 
 
 # the trigger samples every node's GPUs every this many polls (a minute at the default poll)
@@ -23,7 +25,7 @@ def run_deadline(context, cfg) -> dict:
 
     run = context["dag_run"]
     start = getattr(run, "queued_at", None) or getattr(run, "start_date", None)
-    hours = expected_hours(cfg.recipe)
+    hours = expected_hours(cfg.recipe, at_parse=False)
     base = start.timestamp() if start else time.time()
     return {"at": base + hours * 3600, "recipe": cfg.recipe.name, "expected_hours": hours,
             "dag_id": run.dag_id, "run_id": run.run_id, "started": str(start)}
@@ -65,7 +67,7 @@ class TrainOperator(SlimeOperator):
             return self.checkpoint(cfg, fsops)
         sub_id = last["id"] if last else base_id
         status = ray.job_state(sub_id)
-        if status in ACTIVE:
+        if status in ray_hook.ACTIVE:
             self.log.info("[%s] job %s is already %s; attaching to it (no second submission)",
                           head, sub_id, status)
             latest = fsops("latest-checkpoint", "--dir", cfg.paths.save_dir)
@@ -108,7 +110,7 @@ class TrainOperator(SlimeOperator):
         from slimeflow.secrets import ray_head_env
 
         # from the first `ray start` on, the Ray on these nodes is this run's (recorded before)
-        ray.ensure_cluster(started_by_run(record), secret_env=ray_head_env(),
+        ray.ensure_cluster(ray_hook.started_by_run(record), secret_env=ray_head_env(),
                            before_start=lambda: self.mark_record(cfg, base_id,
                                                                  ray_started=True))
         ray.submit(sub_id, facts)
@@ -133,7 +135,7 @@ class TrainOperator(SlimeOperator):
             unreachable_timeout=cfg.train.unreachable_timeout_s,
             stall_timeout=cfg.train.stall_timeout_s, start_iteration=start_iteration,
             deferred_at=time.time(), deadline=run_deadline(context, cfg),
-            node_ips=ray_node_ips(cfg), save_dir=cfg.paths.save_dir,
+            node_ips=ray_hook.ray_node_ips(cfg), save_dir=cfg.paths.save_dir,
             lease_stale=cfg.train.lease_stale_s if self._lease_run else None,
             hang_timeout=cfg.train.hang_timeout_s,
             health_interval=GPU_SAMPLE_POLLS * cfg.train.poll_interval,
@@ -155,7 +157,7 @@ class TrainOperator(SlimeOperator):
         self._lease_run = lease_run_key(context)
         try:
             return super().execute(context)
-        except RayError as e:
+        except ray_hook.RayError as e:
             raise TrainingFailed(str(e)) from None
 
     def ray(self, cfg):

@@ -1,21 +1,17 @@
 """validate_params: every trigger value checked before any node is contacted."""
 from __future__ import annotations
 
-from airflow.sdk import BaseOperator
-
-from slimeflow.config import RunConfig
-from slimeflow.validation import ParamError
+from slimeflow.operators.base import SlimeOperator
 
 
-class ValidateParamsOperator(BaseOperator):
+class ValidateParamsOperator(SlimeOperator):
     ui_color = "#fff4d6"
-
-    def __init__(self, *, recipe: str, **kwargs):
-        super().__init__(**kwargs)
-        self.recipe = recipe
 
     def execute(self, context):
         from airflow.sdk import BaseHook
+
+        from slimeflow.config import RunConfig
+        from slimeflow.validation import ParamError
 
         params = dict(context["params"])
         # every value first (no lookups yet: a hostile node id must not reach the secrets backend)
