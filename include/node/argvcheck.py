@@ -140,7 +140,8 @@ def _where(tb_or_frames, skip=(__file__,)):
     here = os.path.abspath(__file__)
     for fr in reversed(frames):
         path = os.path.abspath(fr.filename)
-        if path == here or f"{os.sep}torch{os.sep}" in path or "importlib" in path:
+        if (path == here or f"{os.sep}torch{os.sep}" in path or "importlib" in path
+                or os.path.basename(path) == "argparse.py"):
             continue
         return f"{_short(path)}:{fr.lineno}"
     return None
