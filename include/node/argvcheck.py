@@ -3,8 +3,9 @@
 
     python3 argvcheck.py --slime-dir S --megatron-dir M [--timeout 300] -- <train.py arguments>
 
-Runs, in a child of this same interpreter (cwd slime_dir, slime_dir first on sys.path as for
-`python3 train.py`, the job's PYTHONPATH kept), the parse_args that slime's train.py imports,
+Runs, in a child of this same interpreter (cwd slime_dir; slime_dir, then megatron_dir, then the
+node's own path on sys.path, as the job's `PYTHONPATH=<megatron_dir>/ python3 train.py`), the
+parse_args that slime's train.py imports,
 with sys.argv set to exactly the arguments train.py will receive. slime's three parsers (its
 pre-parse, sglang's, Megatron's with slime's extra arguments) all use parse_known_args, so a
 flag none of them knows is dropped without a word: every parse_known_args call is recorded and
@@ -220,7 +221,9 @@ def child(args, train_argv):
 
     argparse.ArgumentParser.parse_known_args = parse_known_args
     argparse.ArgumentParser.error = error
-    sys.path.insert(0, os.path.abspath(args.slime_dir))
+    # as `cd slime_dir; PYTHONPATH=megatron_dir python3 train.py`: the script's folder, then
+    # Megatron-LM, then the node's own path (where sglang and torch are installed)
+    sys.path[:0] = [os.path.abspath(args.slime_dir), os.path.abspath(args.megatron_dir)]
     try:
         guard_cuda()
         module, func = parse_entry(os.path.join(args.slime_dir, "train.py"))
