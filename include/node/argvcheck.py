@@ -42,9 +42,12 @@ MARK = "slimeflow-argvcheck-result "
 SLIME_PATCH = os.path.join("docker", "patch", "latest", "megatron.patch")
 GIT_TIMEOUT = 60
 # torch.cuda entry points that start CUDA or ask a GPU something
-CUDA_CALLS = ("init", "_lazy_init", "current_device", "set_device", "device_count",
+CUDA_CALLS = ("init", "_lazy_init", "current_device", "set_device",
               "get_device_capability", "get_device_properties", "get_device_name",
-              "mem_get_info", "synchronize", "is_available")
+              "mem_get_info", "synchronize")
+# queries that need no GPU: answered as torch answers them with CUDA_VISIBLE_DEVICES empty
+# (slime 624b824 asks is_available() while importing its parser and carries on without a GPU)
+CUDA_QUERIES = {"is_available": False, "device_count": 0}
 
 
 # --- parent ----------------------------------------------------------------------------------
@@ -187,6 +190,9 @@ def guard_cuda():
     for name in CUDA_CALLS:
         if hasattr(torch.cuda, name):
             setattr(torch.cuda, name, blocked(name))
+    for name, answer in CUDA_QUERIES.items():
+        if hasattr(torch.cuda, name):
+            setattr(torch.cuda, name, lambda *a, _answer=answer, **k: _answer)
     return True
 
 
@@ -252,6 +258,9 @@ def child(args, train_argv):
         out["needs_gpu"] = str(e)
     except SystemExit as e:
         out["error"] = {"kind": "exit", "message": f"the parser exited with status {e.code}"}
+    except ImportError as e:  # slime imports Megatron's parser inside parse_args
+        out["error"] = {"kind": "import", "message": f"{type(e).__name__}: {e}",
+                        "where": _where(e.__traceback__)}
     except OSError as e:
         # a file the pipeline has not made yet (config.json before download_model, the
         # torch_dist checkpoint before convert): every parser has run; validation stops here

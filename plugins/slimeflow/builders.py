@@ -193,8 +193,29 @@ def convert_manifest(cfg: RunConfig, hf_commit: str, facts: dict | None = None) 
 
 # --- train ----------------------------------------------------------------------------------
 
+# Flags that a newer sglang renamed, with the release that removed the old name and where it is
+# documented: sglang 0.5.19 added --cuda-graph-bs-decode (and -prefill) and kept --cuda-graph-bs
+# as a deprecated alias of -decode; 0.5.20 removed the alias (SLIME_FACTS.md, "Version drift").
+SGLANG_RENAMES = (((0, 5, 20), "--sglang-cuda-graph-bs", "--sglang-cuda-graph-bs-decode"),)
+
+
+def version_tuple(text) -> tuple | None:
+    m = re.match(r"\s*(\d+)\.(\d+)\.(\d+)", str(text or ""))
+    return tuple(int(x) for x in m.groups()) if m else None
+
+
+def sglang_renames(sglang_version) -> list:
+    """[(old flag, new flag, "0.5.20")] that the head's sglang needs."""
+    v = version_tuple(sglang_version)
+    if v is None:
+        return []
+    return [(old, new, ".".join(map(str, since))) for since, old, new in SGLANG_RENAMES
+            if v >= since]
+
+
 def train_args(cfg: RunConfig, facts: dict | None = None) -> list:
-    """The train.py argument list, in the seed scripts' group order."""
+    """The train.py argument list, in the seed scripts' group order; flags that the head's
+    sglang (facts["sglang_version"]) renamed are passed under their new name."""
     ctx = _template_context(cfg, facts or {})
     layout = cfg.layout
     args = _expand(layout.args.get("actor_args", ""), ctx)
@@ -205,7 +226,18 @@ def train_args(cfg: RunConfig, facts: dict | None = None) -> list:
         # the seed's advice when GPU memory runs out, applied where the seed comments it in
         args = ["--grad-reduce-in-bf16" if a == "--accumulate-allreduce-grads-in-fp32" else a
                 for a in args]
-    return args + list(cfg.train.extra_train_args)
+    args = args + list(cfg.train.extra_train_args)
+    renames = {old: new for old, new, _ in sglang_renames((facts or {}).get("sglang_version"))}
+    return [renames.get(a, a) for a in args]
+
+
+def argv_check(cfg: RunConfig, facts: dict | None = None) -> Step:
+    """include/node/argvcheck.py on the head: the train.py arguments parsed by the head's own
+    slime, Megatron and sglang (it puts slime_dir and megatron_dir first on its path, as the
+    job's cwd and PYTHONPATH do)."""
+    return node_script(cfg, cfg.cluster.head, "argvcheck.py", "--slime-dir", cfg.paths.slime_dir,
+                       "--megatron-dir", cfg.paths.megatron_dir, "--", *train_args(cfg, facts),
+                       cwd=cfg.paths.slime_dir)
 
 
 def runtime_env(cfg: RunConfig, facts: dict | None = None) -> dict:

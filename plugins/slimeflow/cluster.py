@@ -280,7 +280,84 @@ def judge(cfg: RunConfig, probes: dict, storage_shared, present: dict | None = N
         "model_bytes_source": need["source"],
         # decides how the train.py arguments are quoted for `ray job submit` (builders)
         "ray_version": head_ray,
+        # decides which sglang flag names train.py gets (builders.sglang_renames)
+        "sglang_version": ((probes[head].get("packages") or {}).get("sglang") or {}).get("version"),
         # warn and info findings (the run goes on: check_cluster logs and alerts them), and
         # per node the kernel-log time (s since boot) after which an Xid is new to the trigger
         "health": health,
     }
+
+
+# --- the train command line, parsed on the head (include/node/argvcheck.py) ------------------
+
+PINNED = {"sglang": "0.5.15.post1", "megatron": "1dcf0dafa884ad52ffb243625717a3471643e087"}
+SLIME_PATCH = "docker/patch/latest/megatron.patch"
+
+
+def _short(commit) -> str:
+    return (commit or "unknown")[:8]
+
+
+def _parser_of(where, message) -> str:
+    where = str(where or "")
+    if "--sglang-" in str(message) or "sglang" in where:
+        return "sglang's"
+    if where.startswith("megatron"):
+        return "Megatron's"
+    return "slime's"
+
+
+def judge_argv(cfg: RunConfig, result: dict) -> list:
+    """One sentence per problem the head's own parsers found in the train command line: each
+    names the node, the flag or module, the versions and the fix."""
+    node = cfg.cluster.head
+    slime = result.get("slime") or {}
+    meg = result.get("megatron") or {}
+    patch = meg.get("slime_patch")
+    versions = (f"slime {_short(slime.get('commit'))}, Megatron-LM {_short(meg.get('commit'))} "
+                f"(slime's Megatron patch {patch or 'unknown'}), sglang "
+                f"{result.get('sglang') or 'not found'}, Python {result.get('python')}")
+    problems = []
+    dropped = result.get("dropped") or []
+    if dropped:
+        flags = ", ".join(dropped)
+        if patch == "not applied":
+            fix = (f"apply slime's {SLIME_PATCH} to {cfg.paths.megatron_dir} as slime's image does "
+                   f"(`git apply {cfg.paths.slime_dir}/{SLIME_PATCH}` there)")
+        else:
+            fix = ("install the slime and Megatron-LM that know it (slime's image pins Megatron "
+                   f"{_short(PINNED['megatron'])} with slime's patches)")
+        problems.append(
+            f"node {node} would drop {flags} without a word: none of slime's three parsers knows "
+            f"{'it' if len(dropped) == 1 else 'them'} there ({versions}), so the model would be "
+            f"built without {'it' if len(dropped) == 1 else 'them'}; {fix}, or remove "
+            f"{'it' if len(dropped) == 1 else 'them'} from extra_train_args if you added "
+            f"{'it' if len(dropped) == 1 else 'them'}.")
+    err = result.get("error")
+    if err:
+        kind, msg, where = err.get("kind"), err.get("message", ""), err.get("where")
+        if kind == "argv":
+            parser = _parser_of(where, msg)
+            fix = "fix that argument in the recipe or extra_train_args"
+            if parser == "sglang's":
+                fix = (f"install sglang {PINNED['sglang']} as slime's image does, or fix that "
+                       f"argument in extra_train_args")
+            problems.append(f"node {node}: {parser} parser rejects the train command line: "
+                            f"\"{msg}\" ({versions}); {fix}. train.py would stop there at start, "
+                            f"after Ray is up and the GPUs are reserved.")
+        elif kind == "import" and "from 'typing'" in msg and \
+                tuple(int(x) for x in str(result.get("python") or "0.0").split(".")[:2]) < (3, 12):
+            problems.append(
+                f"node {node}: Megatron-LM at {cfg.paths.megatron_dir} (commit "
+                f"{_short(meg.get('commit'))}) needs Python 3.12 but python3 there is "
+                f"{result.get('python')} (\"{msg}\" at {where}); check out the Megatron commit "
+                f"slime's image pins ({_short(PINNED['megatron'])}) or use Python 3.12.")
+        elif kind == "import":
+            problems.append(f"node {node}: importing slime's argument parser failed there: "
+                            f"\"{msg}\" at {where or 'unknown'} ({versions}); repair the slime, "
+                            f"Megatron-LM or sglang install (train.py would fail the same way).")
+        else:
+            problems.append(f"node {node}: the train command line could not be checked with the "
+                            f"node's own parsers ({kind}: {msg}); see the check_cluster log, or "
+                            f"run include/node/argvcheck.py there by hand.")
+    return problems

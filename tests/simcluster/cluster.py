@@ -504,7 +504,7 @@ def _build_slime(slime: Path) -> None:
     if standins.is_dir():
         for src in sorted(standins.rglob("*")):
             rel = src.relative_to(standins)
-            if src.is_dir() or "__pycache__" in rel.parts or rel.name == "__init__.py":
+            if src.is_dir() or "__pycache__" in rel.parts or rel.as_posix() == "__init__.py":
                 continue
             if rel.as_posix() == "convert_hf_to_torch_dist.py":
                 rel = Path("tools/convert_hf_to_torch_dist.py")
@@ -517,8 +517,15 @@ def _build_slime(slime: Path) -> None:
     _git_repo(slime, "simcluster slime stand-in")
 
 
+MEGATRON_PATCH = PKG / "standins/docker/patch/latest/megatron.patch"
+
+
 def _build_megatron(meg: Path) -> None:
+    """A git checkout of the Megatron stand-in (its argument parser, megatron_standin/), with
+    slime's (stand-in) Megatron patch applied on top as slime's image does: uncommitted, so
+    `git apply --check -R` finds it applied."""
     shutil.rmtree(meg, ignore_errors=True)
+    shutil.copytree(PKG / "megatron_standin", meg, ignore=shutil.ignore_patterns("__pycache__"))
     core = meg / "megatron/core"
     core.mkdir(parents=True)
     ma, mi, pa, pre = MEGATRON_VERSION
@@ -533,6 +540,7 @@ def _build_megatron(meg: Path) -> None:
         "from megatron.core.package_info import __version__  # noqa: F401\n")
     (meg / "README.md").write_text("simcluster stand-in of NVIDIA/Megatron-LM\n")
     _git_repo(meg, "simcluster Megatron-LM stand-in")
+    _run(["git", "-C", str(meg), "apply", str(MEGATRON_PATCH)])
 
 
 def _build_bin(binp: Path) -> None:
@@ -584,6 +592,20 @@ class SimCluster:
                 raise SimClusterError(f"no simulated cluster in {self.dir} (cluster.json missing)")
             self._info = json.loads(p.read_text())
         return self._info
+
+    def set_megatron_patch(self, applied: bool) -> None:
+        """Apply or take back slime's Megatron patch on the (shared) Megatron-LM checkout: a
+        node with a stock Megatron."""
+        meg = str(self.dir / "Megatron-LM")
+        _run(["git", "-C", meg, "apply", *([] if applied else ["-R"]), str(MEGATRON_PATCH)])
+
+    def set_dist_version(self, name: str, version: str) -> None:
+        """Make the nodes' Python see package `name` at `version` (its stand-in dist-info)."""
+        site = self.dir / "site"
+        (di,) = site.glob(f"{name}-*.dist-info")
+        meta = di / "METADATA"
+        meta.write_text(re.sub(r"(?m)^Version: .*$", f"Version: {version}", meta.read_text()))
+        di.rename(site / f"{name}-{version}.dist-info")
 
     @property
     def sim(self) -> dict:

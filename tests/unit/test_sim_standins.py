@@ -213,7 +213,8 @@ def train_args(inp, save, num_rollout, **kw):
 
 
 def run_train(inp, args, gpus="8", **kw):
-    env = dict(os.environ, SIMCLUSTER_DIR=str(inp["sim"]), SIM_RAY_CLUSTER_GPUS=gpus)
+    env = dict(os.environ, SIMCLUSTER_DIR=str(inp["sim"]), SIM_RAY_CLUSTER_GPUS=gpus,
+               PYTHONPATH=str(SIM / "megatron_standin"))
     return subprocess.run([sys.executable, str(TRAIN), *args], env=env, capture_output=True, text=True, timeout=60,
                           **kw)
 

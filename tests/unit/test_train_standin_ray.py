@@ -36,6 +36,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 TRAIN = REPO / "tests" / "simcluster" / "standins" / "train.py"
+# Megatron-LM's argument parser stand-in: train.py imports it from PYTHONPATH, as in slime's image
+MEGATRON = REPO / "tests" / "simcluster" / "megatron_standin"
 VENV_BIN = Path(sys.executable).parent
 RAY = VENV_BIN / "ray"
 PREFIX = re.compile(r"^(?:\x1b\[\d+m)?\((?P<cls>\w+) pid=(?P<pid>\d+)(?:, ip=[\d.]+)?\)(?:\x1b\[0m)? (?P<rest>.*)$")
@@ -156,7 +158,7 @@ class Node:
         return json.loads(r.stdout)
 
     def submit(self, sid, args, sim: Path, cli=False):
-        env_vars = {"SIMCLUSTER_DIR": str(sim)}
+        env_vars = {"SIMCLUSTER_DIR": str(sim), "PYTHONPATH": str(MEGATRON)}
         entry = ["python3", str(TRAIN), *args]
         if cli:
             r = self.ns(RAY, "job", "submit", "--address", "http://127.0.0.1:8265", "--submission-id", sid,
@@ -319,7 +321,7 @@ def prefixed(log: str) -> list[tuple[str, str]]:
 # without Ray: argument errors end before ray.init
 # ------------------------------------------------------------------------------------------------
 def test_argument_errors_and_no_local_ray(tmp_path):
-    env = dict(os.environ, SIMCLUSTER_DIR=str(tmp_path))
+    env = dict(os.environ, SIMCLUSTER_DIR=str(tmp_path), PYTHONPATH=str(MEGATRON))
     env.pop("RAY_ADDRESS", None)
     base = ["--hf-checkpoint", str(tmp_path), "--num-rollout", "1", "--prompt-data", str(tmp_path / "p.jsonl")]
     r = subprocess.run([sys.executable, str(TRAIN), "stray", *base], env=env, capture_output=True, text=True,

@@ -105,9 +105,37 @@ class CheckClusterOperator(SlimeOperator):
             self.report_health(getattr(e, "health", None) or {}, context, refused=True)
             raise
         self.report_health(facts["health"], context)
+        self.check_argv(cfg, facts)
         facts["start"] = self.start_point(cfg, record)
         self.log.info("cluster OK: %s", facts)
         return facts
+
+    def check_argv(self, cfg, facts) -> None:
+        """The train command line parsed on the head by its own slime, Megatron and sglang,
+        before anything starts: what they would drop or reject fails the run here."""
+        from slimeflow.cluster import ClusterError, judge_argv
+
+        head = cfg.cluster.head
+        for old, new, since in builders.sglang_renames(facts.get("sglang_version")):
+            self.log.warning("[%s] sglang %s removed %s (in %s): train.py gets its values as %s, "
+                             "its documented replacement", head, facts["sglang_version"], old,
+                             since, new)
+        res = self.run_json(cfg, builders.argv_check(cfg, facts), timeout=600)
+        meg = res.get("megatron") or {}
+        self.log.info("[%s] train argv checked with the node's parsers: slime %s, Megatron-LM %s "
+                      "(slime's patch %s), sglang %s, Python %s; %d parser runs, dropped: %s",
+                      head, (res.get("slime") or {}).get("commit"), meg.get("commit"),
+                      meg.get("slime_patch"), res.get("sglang"), res.get("python"),
+                      res.get("parsers", 0), ", ".join(res.get("dropped") or []) or "none")
+        if res.get("needs_gpu"):
+            self.log.info("[%s] Megatron's validation stopped where it asks the GPU (%s): the "
+                          "rest is validated when train.py starts", head, res["needs_gpu"])
+        elif res.get("needs_files"):
+            self.log.info("[%s] validation stopped for a file later steps make (%s at %s)", head,
+                          res["needs_files"], res.get("needs_files_at"))
+        problems = judge_argv(cfg, res)
+        if problems:
+            raise ClusterError(" ".join(problems))
 
     def report_health(self, health: dict, context, refused: bool = False) -> None:
         """The warn findings go to on-call at once (the run goes on); info ones to the log."""

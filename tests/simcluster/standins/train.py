@@ -131,7 +131,6 @@ Other contracts
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -234,97 +233,10 @@ def record_process(args, name: str, role: str, **extra) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Arguments (the subset of slime / Megatron / sglang flags the stand-in reads; others pass)
+# Arguments: slime's parse_args (stand-in in slime/utils/arguments.py, with Megatron's parser from
+# Megatron-LM on PYTHONPATH, as in slime's image). Every parser uses parse_known_args, so unknown
+# `--flags` are dropped, as with real slime.
 # --------------------------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="train.py", allow_abbrev=False,
-                                usage="train.py [-h] [slime/Megatron-LM arguments ...]")
-    a = p.add_argument
-    # cluster
-    a("--actor-num-nodes", type=int, default=1)
-    a("--actor-num-gpus-per-node", type=int, default=8)
-    a("--rollout-num-gpus", type=int, default=None)
-    a("--rollout-num-gpus-per-engine", type=int, default=1)
-    a("--num-gpus-per-node", type=int, default=8)
-    a("--colocate", action="store_true")
-    a("--offload", action="store_true")
-    # checkpoints / data
-    a("--hf-checkpoint", type=str, default=None)
-    a("--ref-load", type=str, default=None)
-    a("--load", type=str, default=None)
-    a("--save", type=str, default=None)
-    a("--save-interval", type=int, default=None)
-    a("--no-save-optim", action="store_true")
-    a("--start-rollout-id", type=int, default=None)
-    a("--prompt-data", type=str, default=None)
-    a("--input-key", type=str, default="input")
-    a("--label-key", type=str, default=None)
-    a("--apply-chat-template", action="store_true")
-    a("--rollout-shuffle", action="store_true")
-    a("--disable-rollout-global-dataset", action="store_false", dest="rollout_global_dataset")
-    a("--rm-type", type=str, default=None)
-    a("--eval-prompt-data", type=str, nargs="+", default=None)
-    a("--eval-interval", type=int, default=None)
-    a("--skip-eval-before-train", action="store_true")
-    # rollout
-    a("--num-rollout", type=int, default=None)
-    a("--num-epoch", type=int, default=None)
-    a("--rollout-batch-size", type=int, default=None)
-    a("--n-samples-per-prompt", type=int, default=1)
-    a("--rollout-max-response-len", type=int, default=1024)
-    a("--rollout-temperature", type=float, default=1.0)
-    a("--global-batch-size", type=int, default=None)
-    a("--num-steps-per-rollout", type=int, default=None)
-    a("--balance-data", action="store_true")
-    a("--n-samples-per-eval-prompt", type=int, default=1)
-    a("--eval-max-response-len", type=int, default=None)
-    a("--eval-top-p", type=float, default=None)
-    # parallelism (Megatron)
-    a("--tensor-model-parallel-size", type=int, default=1)
-    a("--sequence-parallel", action="store_true")
-    a("--pipeline-model-parallel-size", type=int, default=1)
-    a("--decoder-last-pipeline-num-layers", type=int, default=None)
-    a("--context-parallel-size", type=int, default=1)
-    a("--expert-model-parallel-size", type=int, default=1)
-    a("--expert-tensor-parallel-size", type=int, default=None)
-    a("--max-tokens-per-gpu", type=int, default=None)
-    a("--use-dynamic-batch-size", action="store_true")
-    # model (Megatron)
-    a("--spec", type=str, nargs="+", default=None)
-    a("--num-layers", type=int, default=None)
-    a("--hidden-size", type=int, default=None)
-    a("--ffn-hidden-size", type=int, default=None)
-    a("--num-attention-heads", type=int, default=None)
-    a("--num-query-groups", type=int, default=None)
-    a("--kv-channels", type=int, default=None)
-    a("--num-experts", type=int, default=None)
-    a("--moe-router-topk", type=int, default=None)
-    a("--moe-layer-freq", type=str, default=None)
-    a("--moe-ffn-hidden-size", type=int, default=None)
-    a("--moe-shared-expert-intermediate-size", type=int, default=None)
-    a("--vocab-size", type=int, default=None)
-    a("--rotary-base", type=float, default=None)
-    a("--rotary-percent", type=float, default=None)
-    a("--norm-epsilon", type=float, default=None)
-    # sglang
-    a("--sglang-mem-fraction-static", type=float, default=None)
-    a("--sglang-cuda-graph-bs", type=int, nargs="+", default=None)
-    a("--sglang-ep-size", type=int, default=None)
-    a("--sglang-max-running-requests", type=int, default=None)
-    # algorithm / optimizer
-    a("--advantage-estimator", type=str, default="grpo")
-    a("--kl-coef", type=float, default=0.0)
-    a("--use-kl-loss", action="store_true")
-    a("--lr", type=float, default=None)
-    a("--optimizer", type=str, default="adam")
-    # wandb
-    a("--use-wandb", action="store_true")
-    a("--wandb-project", type=str, default=None)
-    a("--wandb-group", type=str, default=None)
-    a("--wandb-key", type=str, default=None)
-    return p
-
-
 def _is_number(tok: str) -> bool:
     try:
         float(tok)
@@ -334,24 +246,23 @@ def _is_number(tok: str) -> bool:
 
 
 def parse_args(argv: list[str]):
-    parser = build_parser()
-    args, extras = parser.parse_known_args(argv)
-    # Unknown `--flags` pass (slime has hundreds, and its three parsers all use parse_known_args);
-    # their values follow them. A token that is neither a `--flag` nor follows one, or a
-    # single-dash token, is an error.
-    bad, prev_flag = [], False
-    for tok in extras:
+    # Deviation: real slime also drops a stray token silently; the stand-in refuses a token that
+    # comes before any --flag, or a single-dash one, so a broken argv is seen in tests.
+    bad = []
+    for i, tok in enumerate(argv):
         if tok.startswith("--") and len(tok) > 2:
-            prev_flag = True
-        elif tok.startswith("-") and not _is_number(tok):
-            bad.append(tok)
-        elif not prev_flag:
-            bad.append(tok)
+            break
+        bad.append(tok)
+    bad += [t for t in argv if t.startswith("-") and not t.startswith("--") and not _is_number(t)
+            and t not in bad]
     if bad:
-        parser.print_usage(sys.stderr)
+        sys.stderr.write("usage: train.py [-h] [slime/Megatron-LM arguments ...]\n")
         sys.stderr.write(f"train.py: error: unrecognized arguments: {' '.join(bad)}\n")
         sys.exit(2)
-    return args
+    from slime.utils.arguments import parse_args as slime_parse_args
+
+    sys.argv = ["train.py", *argv]
+    return slime_parse_args()
 
 
 def print_args(args) -> None:
