@@ -8,7 +8,7 @@ STATE ?= $(CURDIR)/.state
 AIRFLOW_HOME ?= $(CURDIR)/.airflow
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-unit test-integration up up-sim sim-up sim-down system-deps venv clean gpu-tests bench bench-all
+.PHONY: demo test test-unit test-integration up up-sim sim-up sim-down system-deps venv clean gpu-tests bench bench-all argvcheck-real
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -80,3 +80,26 @@ clean:
 	-$(BIN)/python -m tests.simcluster down --state-dir $(STATE)/demo 2>/dev/null
 	-$(BIN)/python -m tests.simcluster down --state-dir $(STATE)/sim 2>/dev/null
 	rm -rf $(STATE) $(AIRFLOW_HOME)
+
+# The four train command lines parsed by real slime, Megatron-LM and sglang trees with their
+# Python (docs/pipeline.md, "Argv check against the real parsers"): one JSON each under
+# .argvcheck/results/$(LABEL)/, one summary line each; fails when any line fails.
+#   make argvcheck-real ARGVCHECK_PY=/path/python SLIME_DIR=... MEGATRON_DIR=... \
+#        [SGLANG_PATH=...] [ARGVCHECK_BASE=/root] [ARGVCHECK_ARGS=--quote-literal] LABEL=pinned
+ARGVCHECK_PY ?= python3
+ARGVCHECK_BASE ?= /root
+ARGVCHECK_ARGS ?=
+LABEL ?= default
+ARGVCHECK_LINES := qwen3-next-80b-a3b:1 qwen3-next-80b-a3b:4 qwen3-30b-a3b:1 qwen3-4b:1
+
+argvcheck-real: venv
+	@test -n "$(SLIME_DIR)" && test -n "$(MEGATRON_DIR)" || { echo "argvcheck-real: set SLIME_DIR and MEGATRON_DIR" >&2; exit 2; }
+	@mkdir -p .argvcheck/results/$(LABEL); fail=0; \
+	for line in $(ARGVCHECK_LINES); do recipe=$${line%%:*}; nodes=$${line##*:}; \
+	  out=.argvcheck/results/$(LABEL)/$$recipe-$${nodes}x8.json; \
+	  PYTHONPATH=$(CURDIR)/plugins $(BIN)/python -m slimeflow argvcheck --recipe $$recipe \
+	    --nodes $$nodes --gpus-per-node 8 --python "$(ARGVCHECK_PY)" --slime-dir "$(SLIME_DIR)" \
+	    --megatron-dir "$(MEGATRON_DIR)" $(if $(SGLANG_PATH),--sglang-path "$(SGLANG_PATH)") \
+	    --base-folder "$(ARGVCHECK_BASE)" --out $$out $(ARGVCHECK_ARGS) >/dev/null \
+	    || fail=1; \
+	done; echo "argvcheck-real: results in .argvcheck/results/$(LABEL)/"; exit $$fail
