@@ -13,7 +13,9 @@ TASK_DOCS = {
                  "CUDA/torch/triton, slime/Megatron/sglang/ray/fla/causal_conv1d, hf CLI, disk, "
                  "RAM, GPU processes, Ray ports). XCom: the probe JSON.",
     "check_cluster": "Judges all probes together: same GPUs everywhere, enough disk and RAM, "
-                     "shared storage, no foreign GPU processes. XCom: facts for later steps.",
+                     "shared storage, no foreign GPU processes; then parses the train command "
+                     "line on the head with its own slime, Megatron and sglang (flags they would "
+                     "drop or reject fail the run here). XCom: facts for later steps.",
     "download_model": "`hf download` of the model (head, or every node without shared "
                       "storage); skipped when the local copy verifies. XCom: local path.",
     "download_datasets": "`hf download --repo-type dataset` of the recipe's datasets. XCom: "

@@ -388,3 +388,51 @@ def test_a_healthy_node_passes_every_health_check(cluster):
     assert h["warn"] == [] and p["health"]["xid"]["readable"] is True
     assert len(p["health"]["gpus"]) == 8 and p["health"]["fabric"]["state"] == "Completed"
     assert "sim_node_1" in h["marks"]
+
+
+# -- the node's own slime, Megatron and sglang parse the train command line -------------------
+
+def test_version_drift_on_the_node_is_caught_before_anything_starts(cluster, capfd):
+    """check_cluster runs include/node/argvcheck.py on the head over SSH, with the node's own
+    (simulated) slime, Megatron-LM and sglang."""
+    from slimeflow.operators.preflight import CheckClusterOperator
+
+    def facts_of():
+        cfg, p = probe(cluster, 0)
+        return cfg, judge(cfg, {cfg.cluster.head: p}, True, {})
+
+    op = operator(CheckClusterOperator)
+    cfg, facts = facts_of()
+    try:
+        op.ensure_bundle(cfg, cfg.cluster.head)
+        assert facts["sglang_version"] == "0.5.6"
+        op.check_argv(cfg, facts)  # slime's image as pinned: nothing to say
+        # a stock Megatron: slime's patch is what adds --use-gated-attention
+        cluster.set_megatron_patch(False)
+        try:
+            with pytest.raises(ClusterError) as e:
+                op.check_argv(cfg, facts)
+        finally:
+            cluster.set_megatron_patch(True)
+        msg = str(e.value)
+        assert msg.startswith("node sim_node_0 would drop --use-gated-attention without a word"), msg
+        assert "apply slime's docker/patch/latest/megatron.patch to " in msg, msg
+        # sglang 0.5.23 on the node: the flag it removed is renamed, and said so
+        cluster.set_dist_version("sglang", "0.5.23")
+        try:
+            cfg, facts = facts_of()
+            assert facts["sglang_version"] == "0.5.23"
+            capfd.readouterr()
+            op.check_argv(cfg, facts)
+            logged = "".join(capfd.readouterr())  # the task log (Airflow's structlog output)
+            assert ("[sim_node_0] sglang 0.5.23 removed --sglang-cuda-graph-bs (in 0.5.20): "
+                    "train.py gets its values as --sglang-cuda-graph-bs-decode") in logged, logged
+            # without the rename (an older slimeflow's command line) the node's sglang refuses it
+            with pytest.raises(ClusterError) as e:
+                op.check_argv(cfg, {k: v for k, v in facts.items() if k != "sglang_version"})
+            assert "sglang's parser rejects the train command line: \"ambiguous option: " \
+                   "--sglang-cuda-graph-bs could match" in str(e.value), str(e.value)
+        finally:
+            cluster.set_dist_version("sglang", "0.5.6")
+    finally:
+        op.close_hooks()
