@@ -12,7 +12,9 @@ flag none of them knows is dropped without a word: every parse_known_args call i
 the flags that every parser left over are reported as dropped.
 
 No CUDA work: CUDA_VISIBLE_DEVICES is empty in the child, and the torch.cuda calls that would
-reach a GPU raise instead. Megatron's own validation asks the GPU for its capability part way
+reach a GPU raise instead; torch.cuda.is_available() and device_count() answer False and 0, as
+torch does with no visible device (slime 624b824 asks is_available() while its parser is imported
+and carries on without a GPU). Megatron's own validation asks the GPU for its capability part way
 through (with the pinned Megatron: arguments.py:852); the check stops there and reports
 `needs_gpu` with that file:line. Everything before it (all three parsers, slime's validation)
 has run by then. Likewise, before download_model and convert have run, the validation that
