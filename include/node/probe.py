@@ -4,8 +4,10 @@
     python3 probe.py --base-folder B --slime-dir S --megatron-dir M
                      [--hub-repo TYPE:REPO@REV ...] [--hf-repo R [--hf-revision V]]
 
-Stdlib only, Python 3.8+. Never imports torch, triton or fla in this process: torch is asked
-for its CUDA build by a subprocess with a timeout, fla's wy_fast.py is classified by content.
+Stdlib only, Python 3.8+. Never imports torch, triton or fla in this process: torch's version,
+CUDA build and C++ ABI are read from its files (torch/version.py, TorchConfig.cmake), and only
+on a 470 driver, which cannot report compute_cap, is torch asked for it by a subprocess with a
+timeout; fla's wy_fast.py is classified by content.
 Every subprocess has a timeout and no error escapes: a failing part is reported in its own
 "error" field or in "errors", and the JSON is always printed (exit 0).
 """
@@ -309,6 +311,32 @@ except Exception:
     pass
 print(json.dumps(r))
 """
+
+
+def _assigned(text, name):
+    """The string assigned to `name` at the top level of a file such as torch/version.py
+    (`__version__ = '2.8.0+cu128'`, `cuda: Optional[str] = '12.8'`), or None."""
+    m = re.search(r"^%s\s*(?::[^=\n]*)?=\s*['\"]([^'\"]*)['\"]" % re.escape(name), text or "", re.M)
+    return m.group(1) if m else None
+
+
+def torch_from_files():
+    """torch's version, CUDA version and C++ ABI read from its files. Importing torch costs
+    seconds of CPU per node; only a 470 driver, which cannot report compute_cap, needs it."""
+    r = {"version": None, "cuda": None, "cxx11abi": None, "capabilities": None, "error": None}
+    path = module_dir("torch")
+    if path is None or not os.path.isdir(path):
+        r["error"] = "torch is not installed for %s" % sys.executable
+        return r
+    text = _read(os.path.join(path, "version.py"))
+    r["version"] = _assigned(text, "__version__")
+    r["cuda"] = _assigned(text, "cuda")
+    cmake = _read(os.path.join(path, "share", "cmake", "Torch", "TorchConfig.cmake")) or ""
+    m = re.search(r"_GLIBCXX_USE_CXX11_ABI=([01])", cmake)
+    r["cxx11abi"] = bool(int(m.group(1))) if m else None
+    if r["version"] is None:
+        r["error"] = "torch at %s has no version.py: a broken install" % path
+    return r
 
 
 def start_torch_probe():
@@ -643,8 +671,6 @@ def probe(args):
         "hub": [],
         "errors": [],
     }
-    deadline = time.time() + TORCH_TIMEOUT
-    torch_proc = start_torch_probe()  # runs while the rest is collected
 
     def section(name, fn):
         try:
@@ -662,10 +688,21 @@ def probe(args):
             result["hub"].append(fetch_hub(*parse_hub_arg(spec)))
 
     def torch():
-        result["torch"], triton = finish_torch_probe(torch_proc, deadline)
-        result["triton"] = triton or dist_version(["triton", "pytorch-triton"])
-        caps = result["torch"].get("capabilities")
-        for g in result["gpus"]:  # 470-series drivers cannot report compute_cap
+        result["torch"] = torch_from_files()
+        tdir = module_dir("triton")
+        result["triton"] = dist_version(["triton", "pytorch-triton"]) or (
+            _assigned(_read(os.path.join(tdir, "__init__.py")), "__version__") if tdir else None)
+        if not any(g["compute_cap"] is None for g in result["gpus"]) or \
+                result["torch"]["error"]:
+            return
+        # 470-series drivers cannot report compute_cap: only then is torch imported (asked)
+        asked, triton = finish_torch_probe(start_torch_probe(), time.time() + TORCH_TIMEOUT)
+        result["torch"]["capabilities"] = asked["capabilities"]
+        if asked["error"]:
+            result["torch"]["error"] = asked["error"]
+        result["triton"] = result["triton"] or triton
+        caps = asked["capabilities"]
+        for g in result["gpus"]:
             if g["compute_cap"] is None and caps and 0 <= g["index"] < len(caps):
                 g["compute_cap"] = "%d.%d" % tuple(caps[g["index"]][:2])
 

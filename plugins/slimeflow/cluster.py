@@ -148,7 +148,7 @@ def judge(cfg: RunConfig, probes: dict, storage_shared, present: dict | None = N
                             f"tools/).")
         torch = p.get("torch") or {}
         if not torch.get("version"):
-            problems.append(f"node {node} has no importable torch in python3 "
+            problems.append(f"node {node} has no usable torch in python3 "
                             f"({torch.get('error') or 'not installed'}); use the slime image's "
                             f"Python.")
         hf = p.get("hf_cli") or {}

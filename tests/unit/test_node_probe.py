@@ -373,6 +373,14 @@ def node(tmp_path, fla_tree):
     site = tmp_path / "site"
     (site / "torch").mkdir(parents=True)
     (site / "torch" / "__init__.py").write_text(FAKE_TORCH)
+    # what the probe reads instead of importing torch (as in torch 2.8's wheel)
+    (site / "torch" / "version.py").write_text(
+        "from typing import Optional\n\n__version__ = '2.8.0+cu128'\ndebug = False\n"
+        "cuda: Optional[str] = '12.8'\n")
+    cmake = site / "torch" / "share" / "cmake" / "Torch"
+    cmake.mkdir(parents=True)
+    (cmake / "TorchConfig.cmake").write_text(
+        'set(TORCH_CXX_FLAGS "-D_GLIBCXX_USE_CXX11_ABI=1")\n')
     (site / "triton").mkdir()
     (site / "triton" / "__init__.py").write_text("__version__ = '3.4.0'\n")
     di = site / "ray-2.49.1.dist-info"
@@ -412,8 +420,9 @@ def test_full_probe_h100(node):
                             "compute_cap": "9.0", "memory_mib": 81559, "driver": "580.95.05"}
     assert [p["pid"] for p in r["gpu_processes"]] == [2412, 2413, 2500]
     assert r["nvlink"] is True
+    # read from torch's files: nvidia-smi gave every compute_cap, so torch is not asked
     assert r["torch"] == {"version": "2.8.0+cu128", "cuda": "12.8", "cxx11abi": True,
-                          "capabilities": [[8, 0], [8, 0]], "error": None}
+                          "capabilities": None, "error": None}
     assert r["triton"] == "3.4.0"
     pk = r["packages"]
     assert pk["slime"] == {"present": True, "version": None,
@@ -464,6 +473,7 @@ def test_full_probe_driver_470_falls_back_to_torch_capability(node):
     assert r["gpu_error"] is None
     assert [(g["name"], g["compute_cap"], g["driver"]) for g in r["gpus"]] == \
         [("NVIDIA A100-SXM4-80GB", "8.0", "470.256.02")] * 2
+    assert r["torch"]["capabilities"] == [[8, 0], [8, 0]]  # asked, for want of compute_cap
     assert r["nvlink"] is False
 
 
@@ -502,20 +512,40 @@ def test_full_probe_timeouts_do_not_hang_it(node):
     r, _ = run_probe(node, "hang", extra_args=["--nvsmi-timeout", "1", "--torch-timeout", "2"],
                      env_extra={"FAKE_TORCH_HANG": "1"}, timeout=30)
     assert r["gpu_error"] == "nvidia-smi timed out after 1 s: a GPU or the driver may be hung"
+    # a torch whose import would hang: its version is read from its files all the same
+    assert r["torch"]["version"] == "2.8.0+cu128" and r["torch"]["error"] is None
+
+
+def test_full_probe_asking_torch_times_out_on_a_470_driver(node):
+    r, _ = run_probe(node, "r470", extra_args=["--torch-timeout", "2"],
+                     env_extra={"FAKE_TORCH_HANG": "1"}, timeout=30)
     assert r["torch"]["error"] == "importing torch timed out after 2 s"
+    assert r["torch"]["version"] == "2.8.0+cu128"
+    assert [g["compute_cap"] for g in r["gpus"]] == [None, None]
+
+
+def test_full_probe_names_a_broken_torch(node, tmp_path):
+    (tmp_path / "broken" / "torch").mkdir(parents=True)
+    (tmp_path / "broken" / "torch" / "__init__.py").write_text("")
+    r, _ = run_probe(node, pythonpath=[str(tmp_path / "broken"), str(node["fla"])])
     assert r["torch"]["version"] is None
+    assert r["torch"]["error"] == (f"torch at {tmp_path / 'broken' / 'torch'} has no version.py: "
+                                   f"a broken install")
 
 
 def test_full_probe_does_not_import_fla_or_torch(node, tmp_path):
     """Probe only reads files: a package that explodes on import must not matter."""
     site = tmp_path / "boom"
-    for pkg in ("slime", "causal_conv1d", "sglang"):
+    for pkg in ("slime", "causal_conv1d", "sglang", "torch"):
         (site / pkg).mkdir(parents=True)
         (site / pkg / "__init__.py").write_text("import os; os._exit(42)\n")
+    (site / "torch" / "version.py").write_text("__version__ = '2.9.1'\ncuda = '13.0'\n")
     r, _ = run_probe(node, pythonpath=[str(site), str(node["site"]), str(node["fla"])])
     assert r["packages"]["causal_conv1d"]["path"] == str(site / "causal_conv1d")
     assert r["packages"]["causal_conv1d"]["present"] is True
     assert r["packages"]["slime"]["path"] == str(site / "slime")
+    assert r["torch"] == {"version": "2.9.1", "cuda": "13.0", "cxx11abi": None,
+                          "capabilities": None, "error": None}
 
 
 @pytest.mark.skipif(not os.path.isfile(os.path.expanduser("~/.pyenv/versions/3.8.18/bin/python3.8")),
