@@ -76,7 +76,8 @@ def stage(cluster, recipe: str, params: dict, nodes: list, tag: str) -> dict:
 
     def one(node):
         t0 = time.perf_counter()
-        op = PreflightOperator(task_id=f"preflight_{node}", recipe=recipe, node=node)
+        op = PreflightOperator(task_id=f"preflight_{node}", node=node)
+        op.recipe = recipe  # outside a DAG: no DAG to take the recipe from
         ctx = {"params": params, "dag": SimpleNamespace(dag_id="bench_fanout"),
                "run_id": tag, "ti": None, "task_instance": None, "map_index": nodes.index(node)}
         try:

@@ -451,6 +451,15 @@ def test_full_probe_reports_the_ray_cli_that_would_run_ray_job_submit(node):
     ray = r["packages"]["ray"]
     assert ray["version"] == "2.49.1" and ray["cli_version"] == "2.55.1"
     assert ray["cli_path"] == str(node["bin"] / "ray")
+    # a Python console script: its version comes from its Python's metadata, without running
+    # it (`ray --version` imports all of Ray)
+    _exe(node["bin"] / "ray", "#!%s\nprint('ray, version 9.9.9')\n" % sys.executable)
+    r, _ = run_probe(node)
+    assert r["packages"]["ray"]["cli_version"] == "2.49.1"
+    _exe(node["bin"] / "ray", "#!/usr/bin/env -S %s -u\nprint('ray, version 9.9.9')\n"
+         % sys.executable)
+    r, _ = run_probe(node)
+    assert r["packages"]["ray"]["cli_version"] == "2.49.1"
     os.unlink(str(node["bin"] / "ray"))
     r, _ = run_probe(node, "h100")
     assert r["packages"]["ray"]["cli_version"] is None and r["packages"]["ray"]["present"]
