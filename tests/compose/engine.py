@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 DOCKER = "/usr/bin/docker"  # /usr/local/bin/docker (a static 28.x) may shadow it and lacks compose
-DOCKERD = "/usr/bin/dockerd"
+DOCKERD = "/usr/sbin/dockerd"
 COMPOSE = "/usr/bin/docker-compose"
 DEBOOTSTRAP = "/usr/sbin/debootstrap"
 PACKAGES = {"docker.io": DOCKERD, "docker-compose": COMPOSE, "debootstrap": DEBOOTSTRAP}
@@ -61,6 +61,7 @@ class Engine:
         self.pidfile = self.state / "docker.pid"
         self.log = self.state / "dockerd.log"
         self.proc: subprocess.Popen | None = None
+        self.made_bridge = False
 
     @property
     def host(self) -> str:
@@ -86,6 +87,9 @@ class Engine:
             raise EngineError(f"a dockerd (pid {old}) already runs on {self.state}; stop it "
                               f"(kill {old}) or use another state folder")
         self.pidfile.unlink(missing_ok=True)
+        # dockerd leaves its default bridge behind when it exits; remove it then only if we
+        # made it
+        self.made_bridge = not Path("/sys/class/net/docker0").exists()
         log = open(self.log, "ab")
         self.proc = subprocess.Popen(
             ["setsid", DOCKERD, "--data-root", str(self.state / "data"),
@@ -122,6 +126,26 @@ class Engine:
             os.kill(pid, signal.SIGKILL)
         if self.proc:
             self.proc.wait(10)
+        self._leftovers()
+
+    def _leftovers(self) -> None:
+        """What an exited dockerd leaves: its default netns mount and (if ours) docker0."""
+        netns = self.state / "exec" / "netns"
+        if netns.is_dir():
+            for m in netns.iterdir():
+                subprocess.run(["umount", str(m)], capture_output=True)
+        if self.made_bridge and Path("/sys/class/net/docker0").exists():
+            subprocess.run(["ip", "link", "del", "docker0"], capture_output=True)
+
+    def remove_project(self, project: str) -> None:
+        """Containers, volumes and networks of compose project `project`, by compose's labels."""
+        label = f"label=com.docker.compose.project={project}"
+        for kind, ls, rm in (("containers", ["ps", "-aq"], ["rm", "-f"]),
+                             ("volumes", ["volume", "ls", "-q"], ["volume", "rm", "-f"]),
+                             ("networks", ["network", "ls", "-q"], ["network", "rm"])):
+            ids = self.docker(*ls, "--filter", label).stdout.split()
+            if ids:
+                self.docker(*rm, *ids)
 
     def has_image(self, name: str) -> bool:
         return self.docker("image", "inspect", name, check=False).returncode == 0
