@@ -1,7 +1,10 @@
 # slimeflow's Airflow image: the official Airflow 3.3.2 image (Postgres driver, entrypoint,
 # `airflow` user) plus our exact pins. requirements.txt names what we need, constraints.txt locks
 # every transitive version, the same files CI installs from.
-FROM apache/airflow:3.3.2-python3.11
+# AIRFLOW_IMAGE is the official image; `make test-compose`, which reaches no registry, builds a
+# local one with the same layout (tests/compose/) and passes it here.
+ARG AIRFLOW_IMAGE=apache/airflow:3.3.2-python3.11
+FROM ${AIRFLOW_IMAGE}
 
 # openssh-client only for operators who want `ssh -o StrictHostKeyChecking=yes node` from inside
 # the container to debug; the DAGs themselves use paramiko/asyncssh through Airflow's SSH hooks.

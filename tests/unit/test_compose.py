@@ -79,7 +79,9 @@ def test_host_key_checking_stays_on_and_celery_trap_is_documented():
 
 def test_dockerfile_builds_from_our_pins():
     text = (ROOT / "Dockerfile").read_text()
-    assert re.search(r"^FROM apache/airflow:3\.3\.2-python3\.11$", text, re.M)
+    # the official image by default; the build arg lets make test-compose use a local one
+    assert re.search(r"^ARG AIRFLOW_IMAGE=apache/airflow:3\.3\.2-python3\.11$", text, re.M)
+    assert re.search(r"^FROM \$\{AIRFLOW_IMAGE\}$", text, re.M)
     assert "-r /opt/slimeflow/requirements.txt -c /opt/slimeflow/constraints.txt" in text
     assert "COPY --chown=airflow:root requirements.txt constraints.txt" in text
     for folder in ("dags/", "plugins/", "include/"):
