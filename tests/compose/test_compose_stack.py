@@ -322,7 +322,7 @@ def test_a_rest_run_trains_on_both_nodes_and_survives_a_triggerer_restart(stack,
     assert Path(ckpt["path"]).is_dir() and ckpt["path"].endswith(f"iter_{ROLLOUTS - 1:07d}")
     events = api.get("/api/v2/assets/events?source_dag_id=" + DAG)["asset_events"]
     ours = [e for e in events if e["source_run_id"] == run_id]
-    assert ours and ours[0]["uri"] == "slimeflow://checkpoints/qwen3-next-80b-a3b"
+    assert ours and ours[0]["uri"] == "x-slimeflow://checkpoints/qwen3-next-80b-a3b"
     assert ours[0]["extra"]["path"] == ckpt["path"]
 
 
