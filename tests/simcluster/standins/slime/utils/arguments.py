@@ -124,6 +124,11 @@ def add_slime_arguments(parser):
     a("--use-kl-loss", action="store_true")
     for flag in SLIME_FLAGS:
         a(flag, type=str, default=None)
+    # The simulation's own flags, not slime's: tests pass shell-special values through them to
+    # prove they reach train.py verbatim (tests/hostile_corpus.py INERT). Real slime has none, so
+    # argvcheck would rightly report them as dropped there.
+    for c in "abcde":
+        a(f"--sim-inert-{c}", type=str, default=None)
     # wandb
     a("--use-wandb", action="store_true")
     a("--wandb-project", type=str, default=None)
