@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 
-from slimeflow.builders import ray_version_tuple
+from slimeflow.builders import ray_version_tuple, version_tuple
 from slimeflow.config import RunConfig
 from slimeflow.health import FAIL, FLOOR_FRACTION, grade_node, nccl_floor
 
@@ -321,6 +321,7 @@ def judge_argv(cfg: RunConfig, result: dict) -> list:
     dropped = result.get("dropped") or []
     if dropped:
         flags = ", ".join(dropped)
+        it = "it" if len(dropped) == 1 else "them"
         if patch == "not applied":
             fix = (f"apply slime's {SLIME_PATCH} to {cfg.paths.megatron_dir} as slime's image does "
                    f"(`git apply {cfg.paths.slime_dir}/{SLIME_PATCH}` there)")
@@ -329,10 +330,8 @@ def judge_argv(cfg: RunConfig, result: dict) -> list:
                    f"{_short(PINNED['megatron'])} with slime's patches)")
         problems.append(
             f"node {node} would drop {flags} without a word: none of slime's three parsers knows "
-            f"{'it' if len(dropped) == 1 else 'them'} there ({versions}), so the model would be "
-            f"built without {'it' if len(dropped) == 1 else 'them'}; {fix}, or remove "
-            f"{'it' if len(dropped) == 1 else 'them'} from extra_train_args if you added "
-            f"{'it' if len(dropped) == 1 else 'them'}.")
+            f"{it} there ({versions}), so the model would be built without {it}; {fix}, or "
+            f"remove {it} from extra_train_args if you added {it}.")
     err = result.get("error")
     if err:
         kind, msg, where = err.get("kind"), err.get("message", ""), err.get("where")
@@ -346,7 +345,7 @@ def judge_argv(cfg: RunConfig, result: dict) -> list:
                             f"\"{msg}\" ({versions}); {fix}. train.py would stop there at start, "
                             f"after Ray is up and the GPUs are reserved.")
         elif kind == "import" and "from 'typing'" in msg and \
-                tuple(int(x) for x in str(result.get("python") or "0.0").split(".")[:2]) < (3, 12):
+                (version_tuple(result.get("python")) or (0, 0, 0)) < (3, 12, 0):
             problems.append(
                 f"node {node}: Megatron-LM at {cfg.paths.megatron_dir} (commit "
                 f"{_short(meg.get('commit'))}) needs Python 3.12 but python3 there is "

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import json
 
-from slimeflow.utils.lazy import LazyModule
 from slimeflow.operators.base import SlimeOperator
+from slimeflow.utils.lazy import LazyModule
 
 builders = LazyModule("slimeflow.builders")
 

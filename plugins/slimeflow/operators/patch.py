@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from airflow.sdk import BaseBranchOperator
 
-from slimeflow.utils.lazy import LazyModule
 from slimeflow.operators.base import SlimeOperator
+from slimeflow.utils.lazy import LazyModule
 
 builders = LazyModule("slimeflow.builders")
 

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import secrets
 
-from slimeflow.utils.lazy import LazyModule
 from slimeflow.operators.base import SlimeOperator
+from slimeflow.utils.lazy import LazyModule
 
 builders = LazyModule("slimeflow.builders")
+
 
 class PreflightOperator(SlimeOperator):
     """Upload include/node (SFTP) and run the probe; XCom: the probe's JSON."""
